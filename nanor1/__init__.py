@@ -1,0 +1,1 @@
+"""nanor1: DeepSeek-R1 rebuilt from scratch on PyTorch."""
