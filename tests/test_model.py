@@ -1,0 +1,168 @@
+"""The model against itself: fast paths equal the plain paths, presets match the published sizes, it learns."""
+import pytest
+import torch
+
+from nanor1.model import ModelConfig, Transformer, get_config, lm_loss
+
+torch.set_num_threads(1)
+
+
+def make(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return Transformer(get_config("tiny", **overrides)).eval()
+
+
+MOE_MLA = dict(q_lora_rank=32, n_routed_experts=8, n_expert_groups=4, n_limited_groups=2, n_activated_experts=3)
+DENSE_GQA = dict(attn="gqa", n_kv_heads=2, head_dim=32, qkv_bias=True, n_routed_experts=0)
+
+
+@pytest.mark.parametrize("name, total, active", [
+    ("deepseek-v3", 671e9, 37e9),       # V3 paper: 671B total, 37B activated per token
+    ("deepseek-v2-lite", 15.7e9, 2.4e9),  # V2 paper: 15.7B total, 2.4B activated
+    ("qwen2.5-0.5b", 0.494e9, 0.494e9),  # Qwen2.5 card: 0.49B (494,032,768 in the HF weights)
+])
+def test_preset_parameter_counts(name, total, active):
+    with torch.device("meta"):
+        counts = Transformer(get_config(name)).num_params()
+    assert counts["total_params"] == pytest.approx(total, rel=0.005)
+    assert counts["active_params"] == pytest.approx(active, rel=0.03)
+
+
+def test_unknown_config_key_is_an_error():
+    with pytest.raises(ValueError, match="n_layer"):
+        ModelConfig.from_dict({"n_layer": 2})
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_config("gpt-5")
+
+
+@pytest.mark.parametrize("q_lora_rank", [0, 32])
+def test_absorbed_mla_equals_naive(q_lora_rank):
+    model = make(q_lora_rank=q_lora_rank)
+    x = torch.randint(0, 512, (2, 17))
+    with torch.no_grad():
+        naive = model(x)
+        absorbed = model(x, cache=model.new_cache(2, 17), absorb=True)
+    torch.testing.assert_close(absorbed, naive, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_experts_equal_loop():
+    model = make(**MOE_MLA)
+    x = torch.randint(0, 512, (3, 11))
+    with torch.no_grad():
+        batched = model(x)
+        for moe in model.moe_layers():
+            moe.batched = False
+        loop = model(x)
+    torch.testing.assert_close(batched, loop, atol=1e-6, rtol=1e-6)
+
+
+def test_batched_experts_gradients_equal_loop():
+    model = make(**MOE_MLA)
+    moe = model.moe_layers()[0]
+    x = torch.randn(40, model.cfg.dim)
+    w, idx, _ = moe.gate(x)
+    grads = []
+    for path in (moe.experts_loop, moe.experts_batched):
+        moe.zero_grad()
+        path(x, w.detach(), idx).square().sum().backward()
+        grads.append(moe.w1.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_group_limited_routing_only_picks_kept_groups():
+    model = make(**MOE_MLA)
+    gate = model.moe_layers()[0].gate
+    gate.bias.normal_(0, 0.5)
+    x = torch.randn(64, model.cfg.dim)
+    _, idx, scores = gate(x)
+    cfg = model.cfg
+    biased = (scores + gate.bias).view(64, cfg.n_expert_groups, -1)
+    kept = biased.topk(2, dim=-1).values.sum(-1).topk(cfg.n_limited_groups, dim=-1).indices  # [N, kept groups]
+    group_of = idx // (cfg.n_routed_experts // cfg.n_expert_groups)                         # [N, K]
+    assert (group_of.unsqueeze(-1) == kept.unsqueeze(1)).any(-1).all()
+
+
+@pytest.mark.parametrize("overrides", [MOE_MLA, DENSE_GQA], ids=["mla-moe", "gqa-dense"])
+def test_cached_decode_equals_full_forward(overrides):
+    model = make(**overrides)
+    x = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        full = model(x)
+        cache = model.new_cache(2, 16)
+        steps = [model(x[:, :9], cache=cache)]
+        steps += [model(x[:, t:t + 1], cache=cache, start=t) for t in range(9, 16)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [MOE_MLA, DENSE_GQA], ids=["mla-moe", "gqa-dense"])
+def test_left_padding_with_positions_matches_unpadded(overrides):
+    model = make(**overrides)
+    x = torch.randint(1, 512, (1, 10))
+    pad = 5
+    padded = torch.cat([torch.zeros(1, pad, dtype=torch.long), x], dim=1)
+    key_mask = torch.arange(pad + 10)[None] >= pad
+    pos = (torch.arange(pad + 10) - pad).clamp(min=0)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(padded, pos=pos, key_mask=key_mask)[:, pad:], model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_routing_replay_reproduces_logits_and_changes_them_when_altered():
+    model = make(**MOE_MLA)
+    x = torch.randint(0, 512, (2, 9))
+    with torch.no_grad():
+        logits, routing = model(x, return_routing=True)
+        torch.testing.assert_close(model(x, routing=routing), logits)
+        other = [(r + 1) % model.cfg.n_routed_experts for r in routing]
+        assert not torch.allclose(model(x, routing=other), logits)
+
+
+def test_routing_bias_update_moves_skewed_load_toward_uniform():
+    model = make(n_routed_experts=8, n_activated_experts=2, n_dense_layers=0, n_layers=1)
+    gate = model.moe_layers()[0].gate
+    with torch.no_grad():
+        gate.weight[0] += 1.0  # make expert 0 attractive to every token: a skewed load
+    model.train()
+    x = torch.randint(0, 512, (8, 32))
+
+    def imbalance():
+        with torch.no_grad():
+            model(x)
+        load = gate.load.clone()
+        return (load.max() / load.mean()).item(), load
+
+    before, load = imbalance()
+    model.update_routing_bias(0.0)  # only resets the counts
+    for _ in range(200):
+        with torch.no_grad():
+            model(x)
+        model.update_routing_bias(0.01)
+    after, _ = imbalance()
+    assert before > 1.5 and after < 1.25 and after < before - 0.4, (before, after)
+    assert gate.bias[0] < 0  # the overloaded expert's bias went down
+
+
+def test_yarn_only_when_context_is_extended():
+    plain = Transformer(get_config("tiny", max_seq_len=64, original_seq_len=64))
+    yarn = Transformer(get_config("tiny", max_seq_len=256, original_seq_len=64, rope_factor=4.0))
+    n = 64
+    # high frequencies (first pairs) are kept, low frequencies are interpolated by rope_factor
+    torch.testing.assert_close(yarn.cos[:n, 0], plain.cos[:n, 0])
+    assert not torch.allclose(yarn.cos[:n, -1], plain.cos[:n, -1])
+    assert yarn.layers[0].attn.scale > plain.layers[0].attn.scale
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = Transformer(get_config("tiny", n_mtp=1, balance_loss_alpha=1e-3)).train()
+    x = torch.randint(0, 512, (4, 24))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss, stats = lm_loss(model, x, torch.ones_like(x))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_routing_bias(1e-3)
+        first = first or stats["lm_loss"]
+    assert stats["lm_loss"] < first / 10, (first, stats)
+    assert "mtp_loss" in stats and stats["mtp_loss"] < first / 5
