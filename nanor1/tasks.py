@@ -1,0 +1,401 @@
+"""Tasks: the problems the model is trained and evaluated on.
+
+R1-Zero (paper Sec. 2.2) needs problems whose answers a rule can check: math with a final answer, code with tests.
+At our scale we generate them, with no download and no leakage:
+- `ArithmeticTask`: sums of distinct digits, "3 + 7 + 5 + 2 + 9" -> "26". The digits are distinct so that each
+  reasoning step ("10 + 5 = 15") finds its next operand by content (the number after the last one used) rather than
+  by counting positions: a tiny model learns that in minutes, and RL then has a reliable mode to select
+  (shared/notes/tiny-r1zero.md).
+- `CountdownTask`: reach a target from given numbers with + - * /, each number once. A search task: the first try
+  is often wrong, so checking and retrying pays, which is where the paper's "aha" behaviour can grow.
+- `load_jsonl`: real benchmarks (GSM8K, MATH-500, AIME 2024) as the same `Problem` type.
+
+Splits: each problem goes to "train" or "test" by a stable hash of its canonical content, the part that decides the
+answer (arithmetic: the multiset of signed terms, so no reordering of a test sum is ever trained on; countdown: the
+sorted numbers and the target). A test problem is thus never in train, whatever the seeds. `sample(split, n, seed)`
+draws n distinct problems uniformly from the split, listed once per task object.
+
+`worked_solution(problem)` gives the steps a careful solver writes, one short line each, for building the base
+model's corpus. Countdown traces are not a real search log: they show 0..max_failed_attempts near misses
+("... = 21, not 22", chosen by a hash of the problem) before the solution, so that the base model contains a
+check-and-retry mode for RL to select.
+
+Countdown follows the TV game's rules when generating: every intermediate result is a positive integer. `solve`
+also finds solutions that need negative or fractional intermediates, as any equation that hits the target counts.
+"""
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+SPLITS = ("train", "test")
+KINDS = ("math", "countdown", "code")
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str  # stable id, e.g. "arith-train-3+7+5+2+9", "gsm8k-test-0000"
+    question: str  # the user's question text (goes into the prompt template)
+    answer: str  # gold final answer as a string ("26", "\\frac{1}{2}", for countdown the target "24")
+    kind: str  # "math" (graded with math_equal), "countdown" (graded by checking the equation), "code" (run tests)
+    data: dict = field(default_factory=dict)  # countdown {"numbers": [..], "target": int}; code {"tests": [...]}
+
+
+def _unit_hash(text: str) -> float:
+    """A number in [0, 1) fixed by `text` forever (no Python hash seed involved)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+class _GeneratedTask:
+    """Split and sampling shared by the generated tasks; subclasses list their problems as hashable keys."""
+
+    name: str
+    test_fraction: float
+
+    def _split_of(self, key) -> str:
+        """ "train" or "test", fixed by the problem's canonical content (a tuple of ints) and test_fraction."""
+        return "test" if _unit_hash(f"{self.name}:{self._canonical(key)}") < self.test_fraction else "train"
+
+    def _pool(self, split: str) -> list:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if not self._pools:  # list every problem once: both splits in one pass
+            self._pools.update({s: [] for s in SPLITS})
+            split_of = {}  # canonical content -> split; many arithmetic keys share one
+            for key in self._all_keys():
+                canon = self._canonical(key)
+                if canon not in split_of:
+                    split_of[canon] = self._split_of(key)
+                self._pools[split_of[canon]].append(key)
+        return self._pools[split]
+
+    def count(self, split: str) -> int:
+        """Number of distinct problems in `split`."""
+        return len(self._pool(split))
+
+    def sample(self, split: str, n: int, seed: int) -> list[Problem]:
+        """n distinct problems of `split`, uniformly drawn; the same (split, n, seed) gives the same list."""
+        pool = self._pool(split)
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        if not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        if n > len(pool):
+            raise ValueError(f"asked for {n} {split} problems but {self!r} has only {len(pool)} distinct "
+                             f"{split} problems")
+        rng = random.Random(seed)
+        return [self._problem(pool[i], split) for i in rng.sample(range(len(pool)), n)]
+
+    def _check_problem(self, problem: Problem, fields: tuple[str, ...]) -> dict:
+        if problem.kind != self.kind or any(f not in problem.data for f in fields):
+            raise ValueError(f"{self.name} needs a {self.kind!r} problem with data {fields}, got {problem!r}")
+        return problem.data
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arithmetic: running sums of distinct digits
+
+@dataclass
+class ArithmeticTask(_GeneratedTask):
+    """Sums (and with ops="+-", differences) of n_terms distinct digits 1..9, e.g. "3 + 7 - 5 + 2 + 9"."""
+
+    n_terms: int = 5
+    ops: str = "+"  # "+", "-" or "+-": the operators that may precede each term after the first
+    test_fraction: float = 0.2
+    _pools: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    name = "arithmetic"
+    kind = "math"
+
+    def __post_init__(self):
+        if not (isinstance(self.n_terms, int) and 2 <= self.n_terms <= 9):
+            raise ValueError(f"n_terms must be an int in 2..9 (distinct digits 1..9), got {self.n_terms!r}")
+        if self.ops not in ("+", "-", "+-", "-+"):
+            raise ValueError(f"ops must be '+', '-' or '+-', got {self.ops!r}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
+        size = math.perm(9, self.n_terms) * len(self.ops) ** (self.n_terms - 1)
+        if size > 2_000_000:  # the pool is listed in memory
+            raise ValueError(f"n_terms={self.n_terms}, ops={self.ops!r} gives {size:,} problems, too many to list")
+
+    def _all_keys(self):
+        # key: the signed terms in question order, e.g. (3, 7, -5, 2, 9); the first term is always positive
+        for digits in itertools.permutations(range(1, 10), self.n_terms):
+            for signs in itertools.product([1 if op == "+" else -1 for op in self.ops], repeat=self.n_terms - 1):
+                yield (digits[0],) + tuple(s * d for s, d in zip(signs, digits[1:]))
+
+    def _canonical(self, key) -> tuple:
+        return tuple(sorted(key))  # order-free: every reordering has the same answer
+
+    def _problem(self, terms, split) -> Problem:
+        text = str(terms[0]) + "".join(f" {'+' if t > 0 else '-'} {abs(t)}" for t in terms[1:])
+        return Problem(id=f"arith-{split}-{text.replace(' ', '')}", question=text, answer=str(sum(terms)),
+                       kind="math", data={"terms": list(terms)})
+
+    def worked_solution(self, problem: Problem) -> list[str]:
+        """Running totals, one line per term: "3 + 7 = 10", "10 - 5 = 5", ..."""
+        terms = self._check_problem(problem, ("terms",))["terms"]
+        lines, total = [], terms[0]
+        for t in terms[1:]:
+            lines.append(f"{total} {'+' if t > 0 else '-'} {abs(t)} = {total + t}")
+            total += t
+        return lines
+
+    def answer_text(self, problem: Problem) -> str:
+        """What goes inside <answer>: the sum."""
+        return problem.answer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Countdown: search over binary combinations
+
+# An expression is a tuple tree: (value,) for a given number, (value, op, left, right) for an operation.
+# Tuples keep the search cheap (~1k trees for 4 numbers); text and steps are rendered only for the trees shown.
+PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
+
+
+def _combine(a: tuple, b: tuple, game_rules: bool):
+    """Every tree one operation makes of a and b."""
+    hi, lo = (a, b) if a[0] >= b[0] else (b, a)  # the larger operand first: "7 + 3", "7 - 3"
+    yield (hi[0] + lo[0], "+", hi, lo)
+    yield (hi[0] * lo[0], "*", hi, lo)
+    if game_rules:  # every intermediate result a positive integer
+        if hi[0] > lo[0]:
+            yield (hi[0] - lo[0], "-", hi, lo)
+        if hi[0] % lo[0] == 0:
+            yield (hi[0] // lo[0], "/", hi, lo)
+    else:  # exact rationals, any sign
+        yield (hi[0] - lo[0], "-", hi, lo)
+        yield (lo[0] - hi[0], "-", lo, hi)
+        for x, y in ((hi, lo), (lo, hi)):
+            if y[0] != 0:
+                yield (x[0] / y[0], "/", x, y)
+
+
+def _expressions(items: list[tuple], game_rules: bool):
+    """Every tree using all items once, made by repeatedly combining two of them (this reaches every tree shape)."""
+    if len(items) == 1:
+        yield items[0]
+        return
+    for i, j in itertools.combinations(range(len(items)), 2):
+        rest = [x for k, x in enumerate(items) if k not in (i, j)]
+        for e in _combine(items[i], items[j], game_rules):
+            yield from _expressions(rest + [e], game_rules)
+
+
+def _num(v: int | Fraction) -> str:
+    return str(v.numerator) if isinstance(v, Fraction) and v.denominator == 1 else str(v)
+
+
+def _text(e: tuple) -> tuple[str, int]:
+    """Infix text with the fewest parentheses, and its precedence (3 for a bare number)."""
+    if len(e) == 1:
+        return _num(e[0]), 3
+    (left, lp), (right, rp), p = _text(e[2]), _text(e[3]), PREC[e[1]]
+    left = f"({left})" if lp < p else left
+    right = f"({right})" if rp < p or (rp == p and e[1] in "-/") else right  # a - (b + c), a / (b * c)
+    return f"{left} {e[1]} {right}", p
+
+
+def _steps(e: tuple) -> list[str]:
+    """The operations of a tree, innermost first: ["7 - 2 = 5", "5 * 3 = 15"]."""
+    if len(e) == 1:
+        return []
+    return _steps(e[2]) + _steps(e[3]) + [f"{_num(e[2][0])} {e[1]} {_num(e[3][0])} = {_num(e[0])}"]
+
+
+def solve(numbers: list[int], target: int) -> str | None:
+    """An equation using each number once that equals target (e.g. "(7 - 2) * 3 + 9"), or None if there is none."""
+    if not (1 <= len(numbers) <= 5 and all(isinstance(x, int) and not isinstance(x, bool) for x in numbers)):
+        raise ValueError(f"solve needs 1 to 5 integers (the search grows factorially), got {numbers!r}")
+    if not isinstance(target, (int, Fraction)) or isinstance(target, bool):
+        raise ValueError(f"target must be an int, got {target!r}")
+    if all(x > 0 for x in numbers):  # first try the game's rules: the nicest equations
+        found = next((e for e in _expressions([(x,) for x in numbers], True) if e[0] == target), None)
+        if found:
+            return _text(found)[0]
+    found = next((e for e in _expressions([(Fraction(x),) for x in numbers], False) if e[0] == target), None)
+    return _text(found)[0] if found else None
+
+
+def _reachable(numbers: tuple[int, ...], memo: dict) -> set[int]:
+    """Every value the game's rules can make from all of `numbers` (sorted), memoized on sub-multisets."""
+    if numbers not in memo:
+        if len(numbers) == 1:
+            memo[numbers] = set(numbers)
+        else:
+            out = set()
+            for i, j in itertools.combinations(range(len(numbers)), 2):
+                rest = numbers[:i] + numbers[i + 1:j] + numbers[j + 1:]
+                lo, hi = numbers[i], numbers[j]  # sorted, so lo <= hi
+                for v in (hi + lo, hi * lo, hi - lo, hi // lo if hi % lo == 0 else 0):
+                    if v > 0:
+                        out |= _reachable(tuple(sorted(rest + (v,))), memo)
+            memo[numbers] = out
+    return memo[numbers]
+
+
+@dataclass
+class CountdownTask(_GeneratedTask):
+    """Reach a target from n_numbers numbers in 1..max_number with + - * /, each once: "Use 3, 5, 7 to make 22"."""
+
+    n_numbers: int = 3
+    max_number: int = 10
+    max_target: int = 100
+    max_failed_attempts: int = 2  # near misses shown before the solution in worked_solution
+    test_fraction: float = 0.2
+    _pools: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    name = "countdown"
+    kind = "countdown"
+
+    def __post_init__(self):
+        for knob, lo in (("n_numbers", 2), ("max_number", 1), ("max_target", 1), ("max_failed_attempts", 0)):
+            if not isinstance(getattr(self, knob), int) or getattr(self, knob) < lo:
+                raise ValueError(f"{knob} must be an int >= {lo}, got {getattr(self, knob)!r}")
+        if self.n_numbers > 4:
+            raise ValueError(f"n_numbers must be 2, 3 or 4, got {self.n_numbers}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
+        n_sets = math.comb(self.max_number + self.n_numbers - 1, self.n_numbers)
+        if n_sets > 25_000:  # every multiset is searched once to list the pool
+            raise ValueError(f"n_numbers={self.n_numbers}, max_number={self.max_number} gives {n_sets:,} number sets, "
+                             f"too many to list (at most 25,000)")
+
+    def _all_keys(self):
+        # key: (sorted numbers, target) for every target in 1..max_target the game's rules can reach
+        memo = {}
+        for numbers in itertools.combinations_with_replacement(range(1, self.max_number + 1), self.n_numbers):
+            for target in sorted(_reachable(numbers, memo)):
+                if target <= self.max_target:
+                    yield numbers, target
+
+    def _canonical(self, key) -> tuple:
+        return key  # (sorted numbers, target) already is
+
+    def _problem(self, key, split) -> Problem:
+        numbers, target = list(key[0]), key[1]
+        random.Random(f"order:{self._canonical(key)}").shuffle(numbers)  # display order fixed by the problem
+        return Problem(id=f"countdown-{split}-{'_'.join(map(str, key[0]))}-{target}",
+                       question=f"Use {', '.join(map(str, numbers))} to make {target}", answer=str(target),
+                       kind="countdown", data={"numbers": numbers, "target": target})
+
+    def _trace(self, problem: Problem) -> tuple[list[str], str]:
+        data = self._check_problem(problem, ("numbers", "target"))
+        numbers, target = data["numbers"], data["target"]
+        if not all(isinstance(x, int) and x > 0 for x in numbers) or not 1 <= len(numbers) <= 5:
+            raise ValueError(f"{problem.id}: countdown numbers must be 1 to 5 positive ints, got {numbers!r}")
+        trees = set(_expressions([(x,) for x in numbers], game_rules=True))  # equal tuples = the same expression
+        right = sorted(e for e in trees if e[0] == target)
+        if not right:
+            raise ValueError(f"{problem.id}: no solution with positive-integer steps, so no worked solution")
+        # near misses: a careful solver tries combinations that land close to the target
+        wrong = sorted((e for e in trees if e[0] != target), key=lambda e: (abs(e[0] - target), e))[:8]
+        rng = random.Random(f"trace:{sorted(numbers)}->{target}")
+        misses = rng.sample(wrong, min(rng.randint(0, self.max_failed_attempts), len(wrong)))
+        solution = rng.choice(right)
+        lines = [", ".join(_steps(e)) + f", not {target}" for e in misses]
+        lines += [", ".join(_steps(solution)), f"{_text(solution)[0]} = {target}"]
+        return lines, _text(solution)[0]
+
+    def worked_solution(self, problem: Problem) -> list[str]:
+        """A short search: near misses ("7 * 3 = 21, 21 + 5 = 26, not 22"), the hit, then the equation."""
+        return self._trace(problem)[0]
+
+    def answer_text(self, problem: Problem) -> str:
+        """What goes inside <answer>: the equation the worked solution ends with, e.g. "5 * 3 + 7"."""
+        return self._trace(problem)[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registry
+
+TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
+
+
+def make_task(name: str, **kwargs):
+    """Build a task by name, e.g. make_task("countdown", n_numbers=4)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}")
+    knobs = [f.name for f in dataclasses.fields(TASKS[name]) if f.init]
+    unknown = sorted(set(kwargs) - set(knobs))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for task {name!r}; valid options: {knobs}")
+    return TASKS[name](**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real benchmarks from JSONL
+
+class JsonlFormatError(ValueError):
+    """A malformed line in a benchmark file; the message names the file and the line."""
+
+
+_THOUSANDS = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
+
+
+def _answer_string(answer) -> str | None:
+    """The gold answer as a string: GSM8K's "...#### 1,234" -> "1234"; a JSON number -> its text; else None."""
+    if isinstance(answer, bool):
+        return None
+    if isinstance(answer, int):
+        return str(answer)
+    if isinstance(answer, float):
+        return str(int(answer)) if answer.is_integer() else repr(answer)
+    if not isinstance(answer, str):
+        return None
+    if "####" in answer:  # GSM8K keeps its worked solution in the answer field, the result after "####"
+        answer = answer.rsplit("####", 1)[1].strip()
+        if _THOUSANDS.fullmatch(answer):
+            answer = answer.replace(",", "")
+    return answer.strip() or None
+
+
+def load_jsonl(path: str | Path, kind: str = "math") -> list[Problem]:
+    """Problems from a JSONL file of {"problem" or "question", "answer", optional "id"/"unique_id", extras...}."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    path = Path(path)
+    problems = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise JsonlFormatError(f"{where}: invalid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise JsonlFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            question = record.get("problem", record.get("question"))
+            if not isinstance(question, str) or not question.strip():
+                raise JsonlFormatError(f"{where}: needs a non-empty string 'problem' or 'question'")
+            if "answer" not in record:
+                raise JsonlFormatError(f"{where}: missing 'answer'")
+            answer = _answer_string(record["answer"])
+            if answer is None:
+                raise JsonlFormatError(f"{where}: 'answer' must be a non-empty string or a number, "
+                                       f"got {record['answer']!r}")
+            pid = record.get("id", record.get("unique_id"))
+            pid = f"{path.stem}-{line_no}" if pid is None else str(pid)
+            extras = {k: v for k, v in record.items() if k not in ("problem", "question", "answer", "id")}
+            if isinstance(record["answer"], str) and "####" in record["answer"]:
+                extras.setdefault("solution", record["answer"])  # GSM8K's worked solution, kept for SFT
+            problems.append(Problem(id=pid, question=question, answer=answer, kind=kind, data=extras))
+    return problems
+
+
+if __name__ == "__main__":
+    for task in (ArithmeticTask(), ArithmeticTask(ops="+-"), CountdownTask(), CountdownTask(n_numbers=4)):
+        print(task, {s: task.count(s) for s in SPLITS})
+        for p in task.sample("train", 2, seed=0):
+            print(f"  {p.question!r} -> {p.answer!r}  [{task.answer_text(p)}]")
+            for line in task.worked_solution(p):
+                print("     ", line)
+    print("solve([4, 7, 8, 8], 24) =", solve([4, 7, 8, 8], 24), "| solve([1, 5, 5, 5], 24) =", solve([1, 5, 5, 5], 24))
