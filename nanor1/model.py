@@ -224,10 +224,10 @@ class MLA(nn.Module):
             self.wq = nn.Linear(cfg.dim, self.n_heads * qk_dim, bias=False)
         else:
             self.wq_a = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)
-            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
+            self.q_norm = RMSNorm(cfg.q_lora_rank)  # latent norms: eps fixed at 1e-6, as in DeepSeek's code
             self.wq_b = nn.Linear(cfg.q_lora_rank, self.n_heads * qk_dim, bias=False)
         self.wkv_a = nn.Linear(cfg.dim, self.C + self.R, bias=False)
-        self.kv_norm = RMSNorm(self.C, cfg.norm_eps)
+        self.kv_norm = RMSNorm(self.C)
         self.wkv_b = nn.Linear(self.C, self.n_heads * (self.nope + self.dv), bias=False)
         self.wo = nn.Linear(self.n_heads * self.dv, cfg.dim, bias=False)
         self.scale = qk_dim ** -0.5
@@ -565,7 +565,8 @@ class Transformer(nn.Module):
     def update_routing_bias(self, gamma: float):
         """Auxiliary-loss-free balancing (V3 sec. 2.1.2): after an optimizer step, raise the bias of experts that got
         fewer tokens than average by gamma and lower the overloaded ones. Counts are summed over data-parallel ranks."""
-        for moe in self.moe_layers():
+        mtp_moes = [m.block.ffn for m in self.mtp if isinstance(m.block.ffn, MoE)]
+        for moe in self.moe_layers() + mtp_moes:
             load = moe.gate.load
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.all_reduce(load)
