@@ -1,0 +1,218 @@
+"""
+Rule rewards of R1-Zero and R1 (paper sec. 2.2.2 and 2.3.2): no reward model, only rules a policy cannot talk
+its way around.
+
+    format_reward(completion)                 1.0 iff "<think> ... </think> <answer> ... </answer>" exactly
+    accuracy_reward(completion, problem)      by problem.kind: "math" (math_equal on the <answer>), "countdown"
+                                              (the equation is checked), "code" (tests run in nanor1.sandbox)
+    countdown_reward(completion, numbers, target)
+    language_consistency_reward(completion, lang)   R1 stage 2: share of the reasoning's words in the target script
+    compute_rewards(completions, problems, weights) -> (total, components)   weighted sum of the named rewards
+
+Choices made here (the paper leaves them open):
+- accuracy requires the answer tag: a completion without "<answer>...</answer>" earns 0 accuracy, as the R1-Zero
+  template asks for the answer there. Inside the tag a \\boxed{} is unwrapped. format and accuracy stay separate
+  rewards, so the weights decide how much the tags themselves are worth.
+- countdown: only + - * / and parentheses over the given numbers, each used exactly once, no unary minus, exact
+  rational arithmetic; "expr = target" is accepted as well as "expr".
+- language consistency ignores numbers, punctuation, $...$ math, LaTeX commands and single Latin letters (variables).
+- Any garbage the model writes scores 0.0, never raises; a malformed problem (bad gold, unknown kind) raises.
+"""
+import re
+from collections import Counter
+from fractions import Fraction
+
+from nanor1.math_grader import extract_answer, math_equal
+
+MAX_EQUATION_CHARS = 200   # a countdown answer longer than this is refused
+MAX_NESTING = 30           # countdown parentheses
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# format
+
+_THINK_ANSWER = re.compile(r"\s*<think>(.*)</think>\s*<answer>(.*)</answer>\s*", re.DOTALL)
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def format_reward(completion: str) -> float:
+    """1.0 iff the completion is "<think> reasoning </think> <answer> answer </answer>", both parts non-empty."""
+    if not isinstance(completion, str) or any(completion.count(tag) != 1 for tag in _TAGS):
+        return 0.0  # missing, duplicated or nested tags
+    m = _THINK_ANSWER.fullmatch(completion)  # nothing before <think> or after </answer>, tags in order
+    return float(bool(m and m.group(1).strip() and m.group(2).strip()))
+
+
+def _answer_tag(completion: str) -> str | None:
+    """Content of the last <answer>...</answer>, or None."""
+    i = completion.rfind("<answer>")
+    j = completion.find("</answer>", i)
+    return completion[i + len("<answer>"):j] if i >= 0 and j >= 0 else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# countdown: "Use 3, 5, 7 to make 22" -> <answer> 3 * 5 + 7 </answer>
+
+_EQ_TOKEN = re.compile(r"\s*(?:([0-9]{1,9})|([-+*/()=]))")  # ASCII digits only
+
+
+def _tokens(text: str) -> list[str] | None:
+    out, pos = [], 0
+    while pos < len(text):
+        m = _EQ_TOKEN.match(text, pos)
+        if m is None:
+            return None if text[pos:].strip() else out
+        out.append(m.group(1) or m.group(2))
+        pos = m.end()
+    return out
+
+
+def _evaluate(tokens: list[str]) -> tuple[Fraction, list[int]]:
+    """Exact value of an expression over integers with + - * / ( ), and the integers it used. ValueError if bad."""
+    pos, used = 0, []
+
+    def peek():
+        return tokens[pos] if pos < len(tokens) else None
+
+    def expr(depth):
+        nonlocal pos
+        value = term(depth)
+        while peek() in ("+", "-"):
+            op = tokens[pos]
+            pos += 1
+            rhs = term(depth)
+            value = value + rhs if op == "+" else value - rhs
+        return value
+
+    def term(depth):
+        nonlocal pos
+        value = atom(depth)
+        while peek() in ("*", "/"):
+            op = tokens[pos]
+            pos += 1
+            rhs = atom(depth)
+            if op == "/" and rhs == 0:
+                raise ValueError("division by zero")
+            value = value * rhs if op == "*" else value / rhs
+        return value
+
+    def atom(depth):
+        nonlocal pos
+        tok = peek()
+        if tok is None:
+            raise ValueError("unexpected end")
+        pos += 1
+        if tok.isdigit():
+            used.append(int(tok))
+            return Fraction(int(tok))
+        if tok == "(" and depth < MAX_NESTING:
+            value = expr(depth + 1)
+            if peek() != ")":
+                raise ValueError("unbalanced parentheses")
+            pos += 1
+            return value
+        raise ValueError(f"unexpected {tok!r}")  # includes unary minus and too-deep nesting
+
+    value = expr(0)
+    if pos != len(tokens):
+        raise ValueError(f"unexpected {tokens[pos]!r}")
+    return value, used
+
+
+def countdown_reward(completion: str, numbers: list[int], target: int) -> float:
+    """1.0 iff the <answer> equation uses each given number exactly once and evaluates to the target."""
+    answer = _answer_tag(completion) if isinstance(completion, str) else None
+    if answer is None or len(answer) > MAX_EQUATION_CHARS:
+        return 0.0
+    tokens = _tokens(answer)
+    if not tokens:
+        return 0.0
+    if "=" in tokens:  # "3 * 5 + 7 = 22": the right side must be the target itself
+        i = tokens.index("=")
+        if tokens[i + 1:] != [str(target)]:
+            return 0.0
+        tokens = tokens[:i]
+    try:
+        value, used = _evaluate(tokens)
+    except ValueError:
+        return 0.0
+    return float(value == target and Counter(used) == Counter(numbers))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# language consistency (R1 sec. 2.3.2): "the proportion of target language words in the CoT"
+
+_LATIN, _CJK = "A-Za-z\u00c0-\u024f", "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"(?P<cjk>[{_CJK}])|(?P<latin>[{_LATIN}]{{2,}})|[{_LATIN}]|(?P<other>[^\W\d_{_LATIN}{_CJK}]+)")
+_NEUTRAL = re.compile(r"\$[^$]*\$|\\[a-zA-Z]+")  # inline math and LaTeX commands
+_SCRIPT = {"en": "latin", "zh": "cjk"}
+
+
+def language_consistency_reward(completion: str, lang: str = "en") -> float:
+    """Share of the words in <think> (else the whole text) written in the target language's script; 0 if none.
+
+    A Latin word of 2+ letters is one word, each CJK character is one word, any other script's letter run is one
+    word; numbers, punctuation, math and single letters are neutral."""
+    if lang not in _SCRIPT:
+        raise ValueError(f"unsupported language {lang!r}; supported: {sorted(_SCRIPT)}")
+    if not isinstance(completion, str):
+        return 0.0
+    text = completion
+    if (i := text.find("<think>")) >= 0:
+        j = text.find("</think>", i)
+        text = text[i + len("<think>"):j if j >= 0 else len(text)]
+    counts = Counter(m.lastgroup for m in _WORD.finditer(_NEUTRAL.sub(" ", text)) if m.lastgroup)
+    total = sum(counts.values())
+    return counts[_SCRIPT[lang]] / total if total else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# accuracy and the composition used by the RL loops
+
+def accuracy_reward(completion: str, problem) -> float:
+    """1.0 if the completion's answer is right for problem.kind ("math", "countdown", "code"), else 0.0."""
+    kind = problem.kind
+    if kind == "math":
+        if not isinstance(completion, str) or _answer_tag(completion) is None:
+            return 0.0  # the answer must be in <answer>...</answer>
+        return float(math_equal(extract_answer(completion), problem.answer))  # ValueError only for a bad gold
+    if kind == "countdown":
+        return countdown_reward(completion, problem.data["numbers"], problem.data["target"])
+    if kind == "code":
+        from nanor1.sandbox import code_reward  # imported lazily: only code tasks need the sandbox
+        return float(code_reward(completion, problem.data["tests"]))
+    raise ValueError(f"problem {getattr(problem, 'id', '?')!r} has unknown kind {kind!r} "
+                     f"(expected 'math', 'countdown' or 'code')")
+
+
+def _format(completion: str, problem) -> float:
+    return format_reward(completion)
+
+
+def _language(completion: str, problem) -> float:
+    return language_consistency_reward(completion, problem.data.get("lang", "en"))
+
+
+REWARDS = {"accuracy": accuracy_reward, "format": _format, "language": _language}  # name -> f(completion, problem)
+
+
+def compute_rewards(completions: list[str], problems: list, weights: dict[str, float]):
+    """Weighted sum of the named rewards per completion -> (total [B], {name: [B]} for logging)."""
+    unknown = sorted(set(weights) - set(REWARDS))
+    if unknown:
+        raise ValueError(f"unknown reward(s) {unknown}; valid names: {sorted(REWARDS)}")
+    if len(completions) != len(problems):
+        raise ValueError(f"{len(completions)} completions but {len(problems)} problems")
+    components = {name: [float(REWARDS[name](c, p)) for c, p in zip(completions, problems)] for name in weights}
+    total = [sum(weights[name] * components[name][i] for name in weights) for i in range(len(completions))]
+    return total, components
+
+
+if __name__ == "__main__":
+    from types import SimpleNamespace
+    p = SimpleNamespace(id="demo", question="3 + 7 - 5", answer="5", kind="math", data={})
+    for c in ["<think> 3 + 7 = 10, 10 - 5 = 5 </think> <answer> 5 </answer>",
+              "<think> 3 + 7 - 5 </think> <answer> 3 + 7 - 5 </answer>",
+              "the answer is 5"]:
+        print(repr(c), compute_rewards([c], [p], {"accuracy": 1.0, "format": 0.5, "language": 0.1}))
+    print(countdown_reward("<answer> (6 - 2) * 3 + 12 </answer>", [6, 2, 3, 12], 24))
