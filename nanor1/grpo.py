@@ -43,7 +43,16 @@ ranks, so multiply each rank's loss by the world size there.
 Shapes: N questions, G completions per question, B = N·G sequences, T completion tokens (padded).
 """
 
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
 import torch
+
+from nanor1.rollout import Rollouts, behaviour_stats, rollout
+from nanor1.sampler import Batch, Rollout, pack, token_logprobs
+from nanor1.training import clip_grad
 
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 ADV_SCALES = ("group", "none", "batch")
@@ -202,3 +211,195 @@ def mask_truncated(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
     if truncated.shape != mask.shape[:1]:
         raise ValueError(f"truncated must be [B] = [{mask.shape[0]}], got {tuple(truncated.shape)}")
     return torch.where(truncated.bool()[:, None], torch.zeros_like(mask), mask)
+
+
+# ---- the RL step: rollout -> rewards -> advantages -> mu updates (shared by train_zero.py and train_r1.py) ----
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8               # G completions per question
+    max_new_tokens: int = 160
+    temperature: float = 1.0          # sampling temperature; the trainer scores log softmax(logits / temperature)
+    top_p: float = 1.0                # keep 1.0 in RL: truncation makes the samples off-policy (see sampler.py)
+    mu: int = 1                       # GRPO iterations per batch (DeepSeekMath's mu); each is one pass over the batch
+    minibatches: int = 1              # optimizer steps per pass
+    micro_batch: int = 64             # sequences per forward/backward (gradient accumulation)
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    beta: float = 0.0                 # KL weight; > 0 needs a reference model
+    loss_agg: str = "token-mean"
+    adv_scale: str = "group"
+    dynamic_sampling: bool = False    # DAPO: drop groups whose rewards are all equal, refill with new questions
+    max_refills: int = 3
+    overlong: str = "none"            # "none", "mask" (no loss on truncated completions), "penalty" (DAPO soft)
+    overlong_buffer: int = 32
+    grad_clip: float = 1.0
+    bias_update_speed: float = 1e-3   # gamma of auxiliary-loss-free MoE balancing
+
+
+def _world() -> tuple[int, bool]:
+    dist = torch.distributed
+    on = dist.is_available() and dist.is_initialized()
+    return (dist.get_world_size() if on else 1), on
+
+
+def _global_counts(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sequences, tokens) summed over data-parallel ranks, so every rank normalises by the global batch."""
+    seqs, toks = loss_counts(mask)
+    counts = torch.tensor([seqs, toks], dtype=torch.float64, device=mask.device)
+    world, on = _world()
+    if on:
+        torch.distributed.all_reduce(counts)
+    return counts[0], counts[1]
+
+
+def collect_groups(policy, tokenizer, problems, reward_fn, cfg: GRPOConfig, seed: int, refill=None):
+    """Rollouts for the step; with dynamic sampling, groups with no reward variance are replaced by new questions
+    drawn with refill(n) until the batch is full or max_refills is spent. Returns (Rollouts, n_sampled_groups)."""
+    kw = dict(group_size=cfg.group_size, reward_fn=reward_fn, max_new_tokens=cfg.max_new_tokens,
+              temperature=cfg.temperature, top_p=cfg.top_p)
+    ro = rollout(policy, tokenizer, problems, seed=seed, **kw)
+    n_sampled = len(problems)
+    if not (cfg.dynamic_sampling and refill):
+        return ro, n_sampled
+    keep = filter_groups(ro.rewards_by_group())
+    parts = [(ro, keep)]
+    for attempt in range(cfg.max_refills):
+        have = sum(int(k.sum()) for _, k in parts)
+        if have >= len(problems):
+            break
+        more = rollout(policy, tokenizer, refill(len(problems) - have), seed=seed + 7919 * (attempt + 1), **kw)
+        n_sampled += len(more.problems)
+        parts.append((more, filter_groups(more.rewards_by_group())))
+    return merge_groups(parts, len(problems)), n_sampled
+
+
+def merge_groups(parts, n_max: int):
+    """Concatenate the kept groups of several Rollouts (at most n_max groups); all groups if none is kept."""
+    G = parts[0][0].group_size
+    rows, probs = [], []
+    for ro, keep in parts:
+        for i in keep.nonzero().flatten().tolist():
+            if len(probs) < n_max:
+                probs.append(ro.problems[i])
+                rows.append((ro, list(range(i * G, (i + 1) * G))))
+    if not probs:                          # nothing had variance: keep the first batch as it is (zero advantages)
+        return parts[0][0]
+    T = max(ro.sample.tokens.size(1) for ro, _ in rows)
+
+    def cat(get, pad):
+        return torch.cat([torch.nn.functional.pad(get(ro)[r], (0, T - get(ro).size(1)), value=pad) for ro, r in rows])
+    sample = Rollout(prompts=[ro.sample.prompts[j] for ro, r in rows for j in r],
+                     tokens=cat(lambda ro: ro.sample.tokens, 0), logprobs=cat(lambda ro: ro.sample.logprobs, 0.0),
+                     mask=cat(lambda ro: ro.sample.mask, False),
+                     finish_reason=[ro.sample.finish_reason[j] for ro, r in rows for j in r],
+                     temperature=rows[0][0].sample.temperature)
+    return Rollouts(problems=probs, group_size=G, sample=sample, texts=[ro.texts[j] for ro, r in rows for j in r],
+                    rewards=torch.cat([ro.rewards[r] for ro, r in rows]),
+                    components={k: [ro.components[k][j] for ro, r in rows for j in r] for k in rows[0][0].components})
+
+
+def rl_step(policy, optimizer, tokenizer, problems, reward_fn, cfg: GRPOConfig, *, seed: int, ref=None,
+            refill=None, autocast=None) -> dict:
+    """One GRPO step on this rank's questions: sample G completions each with the current policy (= pi_old), score
+    them, compute group advantages, then take mu x minibatches optimizer steps on the clipped objective.
+
+    The sampler's log-probs serve as old_logp: sampler and trainer are the same model object, so they are pi_old's
+    log-probs exactly (up to float rounding; `logp_diff` in the returned metrics measures that on the first pass).
+    Data parallel: each rank passes its own questions (whole groups); losses are normalised by global counts.
+    Returns a flat dict of metrics for logging.
+    """
+    autocast = autocast or nullcontext
+    times, t0 = {}, time.perf_counter()
+    ro, n_sampled = collect_groups(policy, tokenizer, problems, reward_fn, cfg, seed, refill)
+    times["time/generate"] = time.perf_counter() - t0
+
+    device = policy.embed.weight.device
+    rewards = ro.rewards_by_group().to(device)                                          # [N, G]
+    sample = ro.sample
+    mask = sample.mask.to(device)                                                       # [B, T]
+    truncated = torch.tensor([r == "length" for r in sample.finish_reason], device=device)
+    if cfg.overlong == "penalty":
+        rewards = rewards + overlong_penalty(ro.lengths, cfg.max_new_tokens, cfg.overlong_buffer).to(device).view_as(rewards)
+    elif cfg.overlong == "mask":
+        mask = mask_truncated(mask, truncated)
+    advantages = group_advantages(rewards, scale=cfg.adv_scale).flatten()               # [B]
+
+    t1 = time.perf_counter()
+    batch = pack(sample.prompts, sample.tokens.to(device), mask, device=device)
+    old_logp = sample.logprobs.to(device)                                               # [B, T] pi_old
+    ref_logp = None
+    if cfg.beta > 0:
+        if ref is None:
+            raise ValueError(f"beta={cfg.beta} needs a reference model (ref=...)")
+        with torch.no_grad(), autocast():
+            ref_logp = token_logprobs(ref, batch, sample.temperature)
+    times["time/ref_logprobs"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    policy.train()
+    n_seqs, n_tokens = _global_counts(batch.mask)
+    world, _ = _world()
+    B = batch.tokens.size(0)
+    agg, logs, losses = [], {}, []
+    for it in range(cfg.mu):
+        order = torch.randperm(B, generator=torch.Generator().manual_seed(seed + it)) if cfg.mu > 1 else torch.arange(B)
+        for mb in order.chunk(cfg.minibatches):
+            mb_mask = batch.mask[mb]
+            mb_seqs, mb_tokens = _global_counts(mb_mask)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0   # micro-batch losses are normalised by the minibatch's counts, so they add up
+            for micro in mb.split(cfg.micro_batch):
+                sub = pack_rows(batch, micro)
+                with autocast():
+                    logp, entropy = token_logprobs(policy, sub, sample.temperature, with_entropy=True)
+                loss, stats = grpo_loss(logp, old_logp[micro], None if ref_logp is None else ref_logp[micro],
+                                        advantages[micro], sub.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                                        beta=cfg.beta, loss_agg=cfg.loss_agg, max_len=cfg.max_new_tokens,
+                                        num_seqs=mb_seqs, num_tokens=mb_tokens)
+                (loss * world).backward()       # DDP/FSDP average gradients over ranks; counts are global already
+                w = sub.mask.sum().item()
+                step_loss += loss.item()
+                agg.append((w, {**{k: v.item() for k, v in stats.items()},
+                                "entropy": (entropy * sub.mask).sum().item() / max(w, 1)}))
+                if it == 0:
+                    diff = ((logp.detach() - old_logp[micro]).abs() * sub.mask).amax().item()
+                    logs["logp_diff"] = max(logs.get("logp_diff", 0.0), diff)
+            norm = clip_grad(policy, cfg.grad_clip)
+            logs["grad_norm"], losses = norm, losses + [step_loss]
+            if math.isfinite(norm):
+                optimizer.step()
+                policy.update_routing_bias(cfg.bias_update_speed)
+            else:
+                logs["skipped_steps"] = logs.get("skipped_steps", 0) + 1
+            optimizer.zero_grad(set_to_none=True)
+    times["time/update"] = time.perf_counter() - t2
+
+    total_w = sum(w for w, _ in agg) or 1
+    for key in agg[0][1]:
+        if key in ("ratio_min",):
+            logs[key] = min(s[key] for _, s in agg)
+        elif key in ("ratio_max",):
+            logs[key] = max(s[key] for _, s in agg)
+        else:
+            logs[key] = sum(w * s[key] for w, s in agg) / total_w
+    logs["loss"] = sum(losses) / len(losses)
+    step_time = time.perf_counter() - t0
+    n_gen = int(sample.mask.sum())
+    return {
+        "reward": ro.rewards.mean().item(),
+        **behaviour_stats(ro),
+        "zero_variance_groups": 1.0 - filter_groups(ro.rewards_by_group()).float().mean().item(),
+        "sampled_groups": n_sampled,
+        **logs,
+        **times,
+        "time/step": step_time,
+        "gen_tokens_per_s": n_gen / max(times["time/generate"], 1e-9),
+        "train_tokens_per_s": cfg.mu * batch.key_mask.sum().item() / max(times["time/update"], 1e-9),
+    }
+
+
+def pack_rows(batch, rows):
+    """The sub-batch of a packed Batch at the given row indices."""
+    return Batch(tokens=batch.tokens[rows], pos=batch.pos[rows], key_mask=batch.key_mask[rows], mask=batch.mask[rows],
+                 routing=None if batch.routing is None else [r[rows] for r in batch.routing])

@@ -364,7 +364,7 @@ def grouped_mm(x, w, counts):
     """Row-blocks of x [M, A] (sorted by expert, counts [E]) times their expert's w [E, A, Bo] -> [M, Bo].
     On CUDA this is one grouped GEMM; elsewhere the blocks are padded into [E, max_count, A] for one bmm."""
     if x.is_cuda and hasattr(F, "grouped_mm") and x.dtype == torch.bfloat16:
-        return F.grouped_mm(x, w, offs=counts.cumsum(0).to(torch.int32))
+        return F.grouped_mm(x, w.to(x.dtype), offs=counts.cumsum(0).to(torch.int32))  # autocast skips grouped_mm
     E, M = w.size(0), x.size(0)
     starts = counts.cumsum(0) - counts                                          # [E]
     expert = torch.repeat_interleave(torch.arange(E, device=x.device), counts)  # [M]

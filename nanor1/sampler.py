@@ -1,0 +1,437 @@
+"""
+The sampler: batched generation with a preallocated KV cache, for GRPO rollouts and for evaluation.
+
+GRPO (R1 eq. 1) samples a group of G completions per question from the old policy, and generation takes most of the
+wall time of an RL step. This file generates with one pass over the weights and the cache per token, and hands the
+trainer exactly what it needs:
+
+    ro    = generate(model, prompts, max_new_tokens=..., group_size=G, eos_id=..., seed=...)    # a Rollout
+    batch = pack(ro.prompts, ro.tokens, ro.mask, ro.routing)       # the trainer's input, in the sampler's layout
+    logp  = token_logprobs(model, batch, ro.temperature)           # [N, T]: logp, old_logp or ref_logp
+
+How generation works
+- Layout. Prompts are LEFT-padded to the longest (P tokens), so all rows write the same cache slot at each step and
+  one `start` serves the whole batch. Each row passes its own RoPE positions (its first real token is position 0),
+  and key_mask hides the pad slots. Completion token t of every row sits in slot (and packed column) P + t.
+- Prefill runs each prompt once, in row chunks so that the [rows, P, V] logits stay small. For GRPO groups the
+  prompt's cache is then copied into its G rows (repeat_interleave; rows are prompt-major: p0s0, p0s1, .., p1s0, ..).
+- Decode feeds one token per row per step; MLA takes its absorbed path, attending in latent space over a cache of
+  only c_kv and the rope key. Finished rows keep running (the batch shape stays fixed) but emit PAD and are masked.
+- Stopping. EOS ids are checked on the device at every step, with no host sync. Whatever needs the host (are all
+  rows done? did a stop string appear?) happens once every `check_every` steps. Stop strings are matched on text,
+  not token ids, because one string can be spelled by many token sequences: for each running row, only tokens whose
+  own text holds a stop string's last character are examined, by decoding a short window that ends at that token.
+  A row found stopped is cut right after the token that completed the string; the few tokens it produced since are
+  masked (that costs at most check_every - 1 wasted steps, and changes no output).
+- Sampling is inverse-CDF: one uniform u per row and step, and the token is the first index whose cumulative
+  probability exceeds u; the cumulative sum is in float64 so small probabilities are not rounded away. The uniforms
+  are drawn up front from CPU torch.Generators, so one seed gives the same samples on CPU and GPU, and with one seed
+  per prompt (seed=[...]) a row's samples do not depend on what it is batched with. Uniforms are drawn step-major,
+  so a longer max_new_tokens with the same seed extends the same completions.
+
+Which log-probs. Rollout.logprobs is log softmax(logits / temperature) of the drawn token: the temperature-scaled
+policy *before* top-k/top-p truncation. That is the policy the trainer optimises (verl, TRL and OpenRLHF also scale
+the trainer's logits by the sampling temperature) and token_logprobs(model, batch, temperature) recomputes it from
+one forward, with no knowledge of the truncation. With top_k=0 and top_p=1 (the defaults; what RL should use) it is
+exactly the distribution the tokens were drawn from. With truncation the draw comes from the renormalised kept set,
+so those samples are slightly off-policy for this logp: keep truncation for evaluation.
+
+Speed. Generation runs with every SDPA kernel but cuDNN's (attention_kernels: cuDNN plans anew for each key length,
+and decode meets a new length at every step). compile=True runs the model's decode step through torch.compile
+(dynamic shapes: the attended length grows every step); the eager path is the reference and the default.
+CUDA-graph capture would need a decode step of static shapes, which model.forward does not offer (it slices the
+cache to start + 1 at every step).
+
+Shape letters: B prompts, G group size, N = B*G rows, P padded prompt length, T new tokens, S cache slots,
+V vocab, K experts per token.
+"""
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+PAD = 0                # written after a row stops; masked everywhere, so any valid id would do
+PREFILL_LOGITS = 2 ** 28  # prefill at most this many logits at once (rows * P * V): 512 MiB in bf16
+
+
+@dataclass
+class Rollout:
+    prompts: list[list[int]]         # N: the prompt of each row (each prompt G times, prompt-major)
+    tokens: torch.Tensor             # [N, T] long: generated ids, PAD after the row stopped
+    logprobs: torch.Tensor           # [N, T] float32: log softmax(logits / temperature) of each token, 0 if masked
+    mask: torch.Tensor               # [N, T] bool: completion tokens, the EOS or stop-string tokens included
+    finish_reason: list[str]         # per row: "stop" (EOS or stop string) or "length" (hit max_new_tokens)
+    temperature: float               # the temperature of `logprobs`: give the same one to token_logprobs
+    routing: list[torch.Tensor] | None = None  # per MoE layer [N, P + T - 1, K] int16, columns as in pack()
+
+    def completions(self) -> list[list[int]]:
+        """The generated ids of each row, without padding."""
+        return [row[:n] for row, n in zip(self.tokens.tolist(), self.mask.sum(1).tolist())]
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of KV cache per token over all layers (MLA: latent + rope key; GQA: K and V of each kv head)."""
+    cache = model.new_cache(1, 1, device="meta")
+    return sum(t.numel() * t.element_size() for layer in cache for t in layer.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling one token per row
+
+
+def sample(logits, u, *, temperature=1.0, top_k=0, top_p=1.0, greedy=False):
+    """One token per row. logits [N, V] float32, u [N] float64 uniforms in [0, 1) -> tokens [N] long, logp [N].
+
+    logp is log softmax(logits / temperature) of the token, before truncation (see the module docstring).
+    top_k keeps the k most likely tokens; top_p then keeps the smallest prefix of those (renormalised) whose mass
+    reaches top_p, as HF and vLLM do. The most likely token is always kept.
+    """
+    logits = logits / temperature
+    lse = logits.logsumexp(-1, keepdim=True)                                  # [N, 1]
+    if greedy:
+        tok = logits.argmax(-1)
+    else:
+        probs = (logits - lse).exp()                                          # [N, V]
+        truncate = top_k > 0 or top_p < 1
+        if truncate:  # [N, V'] in descending order, with the vocab index of each
+            probs, order = probs.topk(min(top_k, probs.size(-1)), -1) if top_k else probs.sort(-1, descending=True)
+            if top_p < 1:
+                probs = probs / probs.sum(-1, keepdim=True)
+                before = probs.cumsum(-1) - probs                             # mass of the more likely kept tokens
+                probs = probs.masked_fill(before >= top_p, 0.0)
+        cdf = probs.cumsum(-1, dtype=torch.float64)                           # [N, V'] (unnormalised after truncation)
+        # x < cdf[:, -1] strictly, so the first index with cdf > x exists and has probability > 0
+        total = cdf[:, -1:]
+        x = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+        i = torch.searchsorted(cdf, x, right=True)                            # [N, 1]
+        tok = (order.gather(-1, i) if truncate else i).squeeze(-1)
+    logp = (logits.gather(-1, tok[:, None]) - lse).squeeze(-1)                # [N]
+    return tok, logp
+
+
+def _uniforms(seed, n_prompts: int, G: int, T: int) -> torch.Tensor:
+    """[T, N] float64 uniforms, step-major. seed: int (one stream for the batch) or one int per prompt."""
+    if seed is None:
+        seed = int(torch.randint(2 ** 62, ()))  # from torch's global RNG, so torch.manual_seed still reproduces
+    if not isinstance(seed, (list, tuple)):
+        return torch.rand(T, n_prompts * G, generator=torch.Generator().manual_seed(int(seed)),
+                          dtype=torch.float64)
+    if len(seed) != n_prompts:
+        raise ValueError(f"seed must be an int or one int per prompt; got {len(seed)} seeds for {n_prompts} prompts")
+    return torch.cat([torch.rand(T, G, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
+                      for s in seed], dim=1)                                  # [T, N], prompt-major columns
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stop strings, matched on the host
+
+
+class StopStrings:
+    """Finds where a row's text first contains one of `strings`; decode turns token ids into text."""
+
+    def __init__(self, strings: Sequence[str], decode: Callable[[list[int]], str]):
+        if isinstance(strings, str) or not strings or not all(isinstance(s, str) and s for s in strings):
+            raise ValueError(f"stop_strings must be a non-empty list of non-empty strings, got {strings!r}")
+        self.strings, self.decode = list(strings), decode
+        # A token can complete a string only if its own text holds the string's last character. That is exact for
+        # an ASCII last character; a non-ASCII one may be split over byte-level tokens, so then look at every token.
+        self.last_chars = {s[-1] for s in self.strings}
+        self.every_token = not all(c.isascii() for c in self.last_chars)
+        # every token of a match covers >= 1 byte of the string; slack for tokens that decode to nothing
+        self.window = max(len(s.encode()) for s in self.strings) + 8
+        self._could_end: dict[int, bool] = {}
+
+    def could_end(self, tok: int) -> bool:
+        if self.every_token:
+            return True
+        if tok not in self._could_end:
+            text = self.decode([tok])
+            self._could_end[tok] = any(c in text for c in self.last_chars)
+        return self._could_end[tok]
+
+    def find(self, toks: list[int], begin: int) -> int | None:
+        """Index of the first token at or after `begin` that completes a stop string, or None."""
+        for j in range(begin, len(toks)):
+            if self.could_end(toks[j]):
+                text = self.decode(toks[max(0, j + 1 - self.window):j + 1])
+                if any(s in text for s in self.strings):
+                    return j
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def left_pad(prompts: list[list[int]], device=None):
+    """tokens [B, P] (PAD on the left), pos [B, P] (0 at the first real token; pads 0), real [B, P] bool."""
+    lens = torch.tensor([len(p) for p in prompts])
+    P = int(lens.max())
+    col = torch.arange(P)
+    real = col[None, :] >= (P - lens)[:, None]                                # [B, P]
+    tokens = torch.full((len(prompts), P), PAD, dtype=torch.long)
+    tokens[real] = torch.tensor([t for p in prompts for t in p], dtype=torch.long)  # row-major fill = concatenation
+    pos = (col[None, :] - (P - lens)[:, None]).clamp(min=0)
+    return tokens.to(device), pos.to(device), real.to(device)
+
+
+def _check_prompts(prompts, vocab_size: int):
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompts must be a non-empty list of token-id lists")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, (list, tuple)) or not p:
+            raise ValueError(f"prompt {i} must be a non-empty list of token ids, got {p!r:.80}")
+        if not all(isinstance(t, int) and 0 <= t < vocab_size for t in p):
+            raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size}) or non-ints: {p!r:.80}")
+
+
+def _forward_last(model, tokens, pos, key_mask, cache, start, record):
+    """One cached forward; returns the last column's logits [B, V] float32 and the routing (or None)."""
+    out = model(tokens, pos=pos, key_mask=key_mask, cache=cache, start=start, return_routing=record)
+    logits, routing = out if record else (out, None)
+    return logits[:, -1].float(), routing
+
+
+def attention_kernels():
+    """The SDPA kernels generation may use: all but cuDNN's, which builds a plan for every new key length (about 65 ms
+    each on an H100 with torch 2.11) and decode meets a new length at every step."""
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+_compiled: dict = {}
+
+
+def _fast(fn):
+    """torch.compile'd version of fn, built once per process (dynamic: the cache length changes every step)."""
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=True)
+    return _compiled[fn]
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+             top_k: int = 0, greedy: bool = False, eos_id: int | Sequence[int] | None = None,
+             stop_strings: Sequence[str] | None = None, decode: Callable[[list[int]], str] | None = None,
+             group_size: int = 1, seed: int | Sequence[int] | None = None, record_routing: bool = False,
+             check_every: int = 8, compile: bool = False) -> Rollout:
+    """Complete each prompt group_size times; returns a Rollout with N = len(prompts) * group_size rows.
+
+    Rows stop at an eos_id token or once their text contains a stop string (decode: ids -> text; needed with
+    stop_strings), else after max_new_tokens. greedy takes the argmax; otherwise tokens are drawn from
+    softmax(logits / temperature), truncated by top_k / top_p. seed: int, or one int per prompt (see module
+    docstring); None draws one from torch's global RNG. record_routing keeps the MoE expert choice of every token.
+    check_every: decode steps between host syncs (all rows done? stop strings?). compile: torch.compile the step.
+    The model runs in eval mode under no_grad, and gets its mode back afterwards.
+    """
+    cfg, device = model.cfg, model.embed.weight.device
+    _check_prompts(prompts, cfg.vocab_size)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > cfg.max_seq_len:
+        raise ValueError(f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"max_seq_len={cfg.max_seq_len}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature}")
+    if not 0 < top_p <= 1 or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"need 0 < top_p <= 1 and an int top_k >= 0, got top_p={top_p}, top_k={top_k}")
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
+    if not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
+    if stop_strings is not None and decode is None:
+        raise ValueError("stop_strings need decode (a function from token ids to text)")
+    stops = StopStrings(stop_strings, decode) if stop_strings is not None else None
+    eos = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    eos = torch.tensor(eos, dtype=torch.long, device=device)
+    record = record_routing and bool(model.moe_layers())
+
+    was_training = model.training
+    model.eval()
+    try:
+        with attention_kernels():
+            return _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, greedy, eos, stops,
+                             group_size, seed, record, check_every, compile)
+    finally:
+        model.train(was_training)
+
+
+def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, greedy, eos, stops, G, seed, record,
+              check_every, compile) -> Rollout:
+    """generate()'s loop, on checked arguments."""
+    cfg, device = model.cfg, model.embed.weight.device
+    # only the model's step is compiled: inductor (torch 2.11) fails on sample()'s float64 cumsum with dynamic shapes
+    step = _fast(_forward_last) if compile else _forward_last
+    B = len(prompts)
+    N = B * G
+    tokens, pos, real = left_pad(prompts, device)                         # [B, P] each
+    P = tokens.size(1)
+    S = P + max_new_tokens - 1                                            # the last token is never fed back
+    cache = model.new_cache(N, S)
+    key_mask = torch.ones(N, S, dtype=torch.bool, device=device)          # [N, S] generated slots all count
+    key_mask[:, :P] = real.repeat_interleave(G, 0)
+
+    # prefill each prompt once, a few rows at a time; writes go through views into the first B cache rows
+    rows = max(1, PREFILL_LOGITS // (P * cfg.vocab_size))
+    last, prompt_routing = [], []
+    for i in range(0, B, rows):
+        view = [{k: t[i:i + rows] for k, t in layer.items()} for layer in cache]
+        logits, r = _forward_last(model, tokens[i:i + rows], pos[i:i + rows], real[i:i + rows], view, 0, record)
+        last.append(logits)
+        prompt_routing.append(r)
+    logits = torch.cat(last).repeat_interleave(G, 0)                      # [N, V] for completion token 0
+    if G > 1:  # GRPO: copy each prompt's cache into its G rows
+        for layer in cache:
+            for t in layer.values():
+                t[:, :P] = t[:B, :P].repeat_interleave(G, 0)
+    routing = None
+    if record:
+        K = cfg.n_activated_experts
+        routing = [torch.zeros(N, S, K, dtype=torch.int16, device=device) for _ in model.moe_layers()]
+        for m, r in enumerate(routing):
+            r[:, :P] = torch.cat([chunk[m] for chunk in prompt_routing]).repeat_interleave(G, 0)
+
+    u = None if greedy else _uniforms(seed, B, G, max_new_tokens).to(device)  # [T, N]
+    next_pos = torch.tensor([len(p) for p in prompts], device=device).repeat_interleave(G)  # [N]
+    out_tok = torch.full((N, max_new_tokens), PAD, dtype=torch.long, device=device)
+    out_logp = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=device)
+    lengths = torch.zeros(N, dtype=torch.long, device=device)
+    done = torch.zeros(N, dtype=torch.bool, device=device)
+    seen = [[] for _ in range(N)]                                         # host copy of each row, for stops
+    checked = 0                                                           # steps already copied to the host
+    for t in range(max_new_tokens):
+        if t > 0:  # feed the previous token (slot P + t - 1) to get the logits of token t
+            logits, r = step(model, tok[:, None], next_pos[:, None], key_mask, cache, P + t - 1, record)
+            next_pos += 1
+            if record:
+                for m, rm in enumerate(r):
+                    routing[m][:, P + t - 1] = rm[:, 0]
+        tok, logp = sample(logits, None if greedy else u[t], temperature=temperature, top_k=top_k, top_p=top_p,
+                           greedy=greedy)
+        tok = tok.masked_fill(done, PAD)
+        out_tok[:, t] = tok
+        out_logp[:, t] = logp.masked_fill(done, 0.0)
+        lengths += ~done
+        done |= torch.isin(tok, eos)
+        if (t + 1) % check_every == 0 or t == max_new_tokens - 1:  # the only host syncs of the loop
+            if stops is not None:
+                _apply_stop_strings(stops, out_tok[:, checked:t + 1], seen, lengths, done)
+                checked = t + 1
+            if bool(done.all()):
+                break
+
+    T = max(1, int(lengths.max()))
+    mask = torch.arange(T, device=device)[None, :] < lengths[:, None]    # [N, T]
+    return Rollout(
+        prompts=[p for p in prompts for _ in range(G)],
+        tokens=out_tok[:, :T].masked_fill(~mask, PAD),
+        logprobs=out_logp[:, :T].masked_fill(~mask, 0.0),
+        mask=mask,
+        finish_reason=["stop" if d else "length" for d in done.tolist()],
+        temperature=temperature,
+        routing=None if routing is None else [r[:, :P + T - 1] for r in routing],
+    )
+
+
+def _apply_stop_strings(stops: StopStrings, new_tokens, seen, lengths, done):
+    """Extend each row's host copy with its new tokens (new_tokens [N, t]) and cut rows whose text now holds a stop
+    string right after the token that completed it: updates lengths [N] and done [N] in place."""
+    new, n_real = new_tokens.tolist(), lengths.tolist()
+    cut_rows, cut_len = [], []
+    for row, toks in enumerate(seen):
+        if len(toks) >= n_real[row]:
+            continue  # nothing new: stopped by EOS or cut at an earlier check
+        begin = len(toks)
+        toks.extend(new[row][:n_real[row] - begin])
+        j = stops.find(toks, begin)
+        if j is not None:
+            cut_rows.append(row)
+            cut_len.append(j + 1)
+    if cut_rows:
+        idx = torch.tensor(cut_rows, device=lengths.device)
+        lengths[idx] = torch.tensor(cut_len, device=lengths.device)
+        done[idx] = True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The trainer's side: the same layout, one full forward
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor             # [N, P + T] long: prompt (left-padded) then completion (PAD after it)
+    pos: torch.Tensor                # [N, P + T] RoPE positions: 0 at each row's first real token, pads 0
+    key_mask: torch.Tensor           # [N, P + T] bool: real tokens
+    mask: torch.Tensor               # [N, T] bool: the completion tokens to score (the loss mask)
+    routing: list[torch.Tensor] | None = None  # per MoE layer [N, P + T - 1, K] long, replayed by token_logprobs
+
+    @property
+    def prompt_len(self) -> int:
+        return self.tokens.size(1) - self.mask.size(1)
+
+
+def pack(prompts: list[list[int]], completions, mask=None, routing=None, device=None) -> Batch:
+    """The trainer's input for N prompts and their completions, in the sampler's layout (completion token t of every
+    row at column P + t, so that logits column P + t - 1 scores it).
+
+    completions: a [N, T] tensor (with mask [N, T], default all real) or N lists of ids. routing: a Rollout's
+    routing for these rows (its prompt padding may be wider; the extra left columns are dropped).
+    """
+    if len(prompts) == 0 or len(completions) != len(prompts):
+        raise ValueError(f"need one completion per prompt, got {len(prompts)} prompts, {len(completions)} completions")
+    if isinstance(completions, torch.Tensor):
+        device = device or completions.device
+        comp = completions.long().to(device)
+        mask = torch.ones_like(comp, dtype=torch.bool) if mask is None else mask.bool().to(device)
+        if mask.shape != comp.shape:
+            raise ValueError(f"mask {tuple(mask.shape)} must match completions {tuple(comp.shape)}")
+    else:
+        T = max(1, max(len(c) for c in completions))
+        comp = torch.tensor([list(c) + [PAD] * (T - len(c)) for c in completions], dtype=torch.long, device=device)
+        mask = torch.tensor([[i < len(c) for i in range(T)] for c in completions], device=device)
+    tokens, pos, real = left_pad(prompts, comp.device)                        # [N, P]
+    P, T = tokens.size(1), comp.size(1)
+    comp_pos = pos[:, -1:] + 1 + torch.arange(T, device=comp.device)         # [N, T] continues each prompt
+    batch = Batch(tokens=torch.cat([tokens, comp.masked_fill(~mask, PAD)], 1), pos=torch.cat([pos, comp_pos], 1),
+                  key_mask=torch.cat([real, mask], 1), mask=mask)
+    if routing is not None:
+        width = P + T - 1
+        if any(r.size(0) != len(prompts) or r.size(1) < width for r in routing):
+            raise ValueError(f"routing must be per MoE layer [N={len(prompts)}, >= {width}, K] (from the Rollout of "
+                             f"these rows), got {[tuple(r.shape) for r in routing]}")
+        batch.routing = [r[:, r.size(1) - width:].long().to(comp.device) for r in routing]
+    return batch
+
+
+def token_logprobs(model, batch: Batch, temperature: float = 1.0, with_entropy: bool = False):
+    """log softmax(logits / temperature) of each completion token: [N, T] float32, 0 where batch.mask is 0.
+
+    One forward of the model as the caller left it (train/eval mode, autograd on or off). The last column is not fed:
+    its logits would score a token past the end. With batch.routing the MoE layers replay the sampler's experts.
+    with_entropy also returns the entropy [N, T] of softmax(logits / temperature), detached (for logging).
+    """
+    P = batch.prompt_len
+    logits = model(batch.tokens[:, :-1], pos=batch.pos[:, :-1], key_mask=batch.key_mask[:, :-1],
+                   routing=batch.routing)                                    # [N, P + T - 1, V]
+    logits = logits[:, P - 1:].float() / temperature                          # [N, T, V]: column t scores token t
+    target = batch.tokens[:, P:, None]                                        # [N, T, 1]
+    lse = logits.logsumexp(-1)                                                # [N, T]
+    logp = (logits.gather(-1, target).squeeze(-1) - lse).masked_fill(~batch.mask, 0.0)
+    if not with_entropy:
+        return logp
+    with torch.no_grad():
+        probs = (logits - lse[..., None]).exp()                               # [N, T, V]
+        entropy = lse - (probs * logits).sum(-1)                              # H = log Z - E_p[logit]
+    return logp, entropy.masked_fill(~batch.mask, 0.0)
+
+
+if __name__ == "__main__":
+    # python -m nanor1.sampler: a random tiny model completes three prompts of different lengths, twice each
+    from nanor1.model import Transformer, get_config
+    torch.manual_seed(0)
+    model = Transformer(get_config("tiny"))
+    ro = generate(model, [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]], max_new_tokens=12, group_size=2, eos_id=7, seed=0)
+    for p, c, lp, why in zip(ro.prompts, ro.completions(), ro.logprobs.sum(1).tolist(), ro.finish_reason):
+        print(f"{p} -> {c}  ({why}, sum logp {lp:.2f})")
+    print(f"KV cache: {kv_bytes_per_token(model)} bytes per token")

@@ -1,0 +1,224 @@
+"""Sampler tests on tiny CPU models: an MLA + MoE model (DeepSeek-V3 shaped) and a dense GQA model (a student)."""
+import pytest
+import torch
+
+from nanor1.model import Transformer, get_config
+from nanor1.sampler import StopStrings, generate, kv_bytes_per_token, pack, sample, token_logprobs
+
+CONFIGS = {"mla_moe": dict(), "gqa_dense": dict(attn="gqa", n_routed_experts=0, n_kv_heads=2)}
+PROMPTS = [[5, 17, 33, 2], [9], [40, 41, 42, 43, 44, 45, 46, 47, 48], [3, 100]]
+
+
+def make_model(kind, seed=0):
+    torch.manual_seed(seed)
+    return Transformer(get_config("tiny", **CONFIGS[kind])).eval()
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def model(request):
+    return make_model(request.param)
+
+
+def greedy_by_recompute(model, prompt, n):
+    """The reference: no cache, no padding, the whole sequence re-run for every new token."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+def test_greedy_cached_equals_recompute(model):
+    ro = generate(model, PROMPTS, max_new_tokens=10, greedy=True)
+    assert ro.tokens.shape == (len(PROMPTS), 10) and ro.mask.all()
+    for row, p in zip(ro.tokens.tolist(), PROMPTS):
+        assert row == greedy_by_recompute(model, p, 10)
+    assert ro.finish_reason == ["length"] * len(PROMPTS)
+
+
+def test_padding_invariance(model):
+    p = PROMPTS[0]
+    alone = generate(model, [p], max_new_tokens=10, greedy=True)
+    mixed = generate(model, [PROMPTS[2], p, PROMPTS[1]], max_new_tokens=10, greedy=True)  # longer and shorter
+    assert mixed.tokens[1].tolist() == alone.tokens[0].tolist()
+    torch.testing.assert_close(mixed.logprobs[1], alone.logprobs[0], atol=1e-5, rtol=0)
+    # sampled: with one seed per prompt a row's samples do not depend on its batch
+    alone = generate(model, [p], max_new_tokens=10, seed=[7], temperature=0.8)
+    mixed = generate(model, [PROMPTS[2], p, PROMPTS[1]], max_new_tokens=10, seed=[3, 7, 5], temperature=0.8)
+    assert mixed.tokens[1].tolist() == alone.tokens[0].tolist()
+
+
+def test_group_prefill_equals_separate_prefills(model):
+    a, b = PROMPTS[0], PROMPTS[2]
+    grouped = generate(model, [a, b], max_new_tokens=8, greedy=True, group_size=3)
+    separate = generate(model, [a, a, a, b, b, b], max_new_tokens=8, greedy=True)
+    assert grouped.prompts == [a, a, a, b, b, b]                             # prompt-major rows
+    assert grouped.tokens.tolist() == separate.tokens.tolist()
+    torch.testing.assert_close(grouped.logprobs, separate.logprobs, atol=1e-5, rtol=0)
+    # sampled: the G rows of a group share the prompt but not the noise
+    ro = generate(model, [a], max_new_tokens=8, group_size=4, seed=0)
+    assert len({tuple(r) for r in ro.tokens.tolist()}) > 1
+
+
+def test_sampler_logprobs_equal_trainer_forward(model):
+    kw = dict(max_new_tokens=12, temperature=0.7, group_size=2, seed=1, record_routing=True)
+    free = generate(model, PROMPTS, **kw)
+    ro = generate(model, PROMPTS, eos_id=[free.tokens[0, 2].item(), free.tokens[5, 6].item()], **kw)  # same draws
+    assert ro.mask[0].sum() <= 3 and ro.mask[5].sum() <= 7 and ro.mask.sum(1).max() == 12  # ragged lengths
+    batch = pack(ro.prompts, ro.tokens, ro.mask)
+    logp = token_logprobs(model, batch, ro.temperature)
+    torch.testing.assert_close(logp, ro.logprobs, atol=1e-5, rtol=0)
+    assert (logp[~ro.mask] == 0).all()
+    logp2, entropy = token_logprobs(model, batch, ro.temperature, with_entropy=True)
+    probs = (model(batch.tokens[:, :-1], pos=batch.pos[:, :-1], key_mask=batch.key_mask[:, :-1])[:, -12:]
+             / ro.temperature).softmax(-1)                                    # [N, T, V] direct, for the entropy
+    torch.testing.assert_close(entropy, (-(probs * probs.log()).sum(-1)).masked_fill(~ro.mask, 0), atol=1e-4, rtol=0)
+    assert torch.equal(logp2, logp)
+    # the same rows packed from lists, and a subset of rows (narrower prompt padding) give the same numbers
+    lists = pack(ro.prompts, ro.completions())
+    torch.testing.assert_close(token_logprobs(model, lists, ro.temperature)[:, :lists.mask.size(1)],
+                               ro.logprobs[:, :lists.mask.size(1)], atol=1e-5, rtol=0)
+    sub = [2, 3]  # prompt [9] twice: its own padding is 0
+    routing = None if ro.routing is None else [r[sub] for r in ro.routing]
+    b = pack([ro.prompts[i] for i in sub], ro.tokens[sub], ro.mask[sub], routing)
+    assert b.prompt_len == 1
+    torch.testing.assert_close(token_logprobs(model, b, ro.temperature), ro.logprobs[sub], atol=1e-5, rtol=0)
+
+
+def test_top_k_top_p_keep_set_and_distribution():
+    torch.manual_seed(0)
+    V, M = 50, 40000
+    logits = torch.randn(V) * 2
+    u = torch.rand(M, dtype=torch.float64)
+    for top_k, top_p in [(5, 1.0), (0, 0.6), (10, 0.8), (0, 1.0)]:
+        tok, logp = sample(logits.expand(M, V), u, temperature=1.3, top_k=top_k, top_p=top_p)
+        # the distribution we expect, built independently: sort, take k, take the nucleus of what is left
+        probs = (logits / 1.3).softmax(-1).double()
+        p_sorted, order = probs.sort(descending=True)
+        keep = torch.ones(V, dtype=torch.bool)
+        if top_k:
+            keep[top_k:] = False
+        if top_p < 1:
+            kept_mass = p_sorted * keep
+            kept_mass = kept_mass / kept_mass.sum()
+            n = int((kept_mass.cumsum(0) < top_p).sum()) + 1                  # smallest prefix reaching top_p
+            keep[n:] = False
+        expected = torch.zeros(V, dtype=torch.float64)
+        expected[order[keep]] = p_sorted[keep] / p_sorted[keep].sum()
+        counts = torch.bincount(tok, minlength=V).double() / M
+        assert (counts[expected == 0] == 0).all(), "drew a token outside the kept set"
+        assert (counts - expected).abs().max() < 0.012
+        # logp is the untruncated temperature-scaled log-prob of the drawn token
+        torch.testing.assert_close(logp, (logits / 1.3).log_softmax(-1)[tok])
+
+
+def test_top_k_one_is_greedy(model):
+    greedy = generate(model, PROMPTS, max_new_tokens=6, greedy=True)
+    k1 = generate(model, PROMPTS, max_new_tokens=6, top_k=1, seed=4)
+    assert greedy.tokens.tolist() == k1.tokens.tolist()
+
+
+def test_seed_reproducible():
+    model = make_model("gqa_dense")
+    a = generate(model, PROMPTS, max_new_tokens=8, seed=123)
+    b = generate(model, PROMPTS, max_new_tokens=8, seed=123)
+    c = generate(model, PROMPTS, max_new_tokens=8, seed=124)
+    assert a.tokens.tolist() == b.tokens.tolist()
+    assert a.tokens.tolist() != c.tokens.tolist()
+    longer = generate(model, PROMPTS, max_new_tokens=12, seed=123)          # step-major noise: same prefix
+    assert longer.tokens[:, :8].tolist() == a.tokens.tolist()
+    torch.manual_seed(9)
+    d = generate(model, PROMPTS, max_new_tokens=8)
+    torch.manual_seed(9)
+    assert generate(model, PROMPTS, max_new_tokens=8).tokens.tolist() == d.tokens.tolist()
+
+
+def test_eos_stops_rows_individually():
+    model = make_model("gqa_dense")
+    free = generate(model, PROMPTS, max_new_tokens=10, greedy=True)
+    eos = free.tokens[0, 3].item()                                            # row 0 reaches it at step <= 3
+    ro = generate(model, PROMPTS, max_new_tokens=10, greedy=True, eos_id=eos, check_every=4)
+    for i, row in enumerate(free.tokens.tolist()):
+        n = row.index(eos) + 1 if eos in row else 10
+        assert ro.mask[i].sum() == n and ro.tokens[i, :n].tolist() == row[:n]
+        assert (ro.tokens[i, n:] == 0).all() and (ro.logprobs[i, n:] == 0).all()
+        assert ro.finish_reason[i] == ("stop" if eos in row else "length")
+    assert "stop" in ro.finish_reason
+
+
+def test_stop_strings_across_tokens():
+    model = make_model("mla_moe")
+    decode = lambda ids: "".join(f"t{i}," for i in ids)                       # a stand-in tokenizer
+    free = generate(model, PROMPTS, max_new_tokens=12, greedy=True)
+    row = free.tokens[1].tolist()
+    stop = f"{row[4]},t{row[5]}"                                              # spans the tokens at steps 4 and 5
+    results = [generate(model, PROMPTS, max_new_tokens=12, greedy=True, stop_strings=[stop, "never"],
+                        decode=decode, check_every=k) for k in (1, 5, 64)]
+    for ro in results:
+        assert ro.tokens.tolist() == results[0].tokens.tolist()
+        for i, full in enumerate(free.tokens.tolist()):
+            # reference: the first prefix whose text contains the stop string
+            n = next((j + 1 for j in range(12) if stop in decode(full[:j + 1])), 12)
+            assert ro.mask[i].sum() == n and ro.tokens[i, :n].tolist() == full[:n]
+            assert ro.finish_reason[i] == ("stop" if n < 12 or stop in decode(full) else "length")
+    assert results[0].mask[1].sum() <= 6 and results[0].finish_reason[1] == "stop"
+
+
+def test_stop_strings_find_non_ascii_and_empty_text():
+    table = {1: "a", 2: "\xe9", 3: "", 4: "b"}
+    s = StopStrings(["\xe9b", "zz"], lambda ids: "".join(table[i] for i in ids))
+    assert s.find([1, 2, 3, 4, 1], 0) == 3
+    assert s.find([1, 1, 4], 0) is None
+
+
+def test_routing_record_and_replay():
+    model = make_model("mla_moe")
+    ro = generate(model, PROMPTS, max_new_tokens=10, seed=2, group_size=2, record_routing=True)
+    n_moe = len(model.moe_layers())
+    P, T = max(map(len, PROMPTS)), ro.tokens.size(1)
+    assert len(ro.routing) == n_moe and ro.routing[0].shape == (8, P + T - 1, model.cfg.n_activated_experts)
+    # move the router as an optimizer step would: the model's own routing changes, the replayed one does not
+    batch = pack(ro.prompts, ro.tokens, ro.mask, ro.routing)
+    for moe in model.moe_layers():
+        moe.gate.bias += torch.randn_like(moe.gate.bias)
+    own = token_logprobs(model, pack(ro.prompts, ro.tokens, ro.mask), ro.temperature)
+    replayed = token_logprobs(model, batch, ro.temperature)
+    assert (own - ro.logprobs).abs().max() > 1e-3                            # routing moved
+    torch.testing.assert_close(replayed, ro.logprobs, atol=1e-5, rtol=0)
+
+
+def test_mode_restored_and_no_grad():
+    model = make_model("gqa_dense").train()
+    ro = generate(model, PROMPTS, max_new_tokens=3)
+    assert model.training and not ro.logprobs.requires_grad
+    logp = token_logprobs(model, pack(ro.prompts, ro.tokens, ro.mask), ro.temperature)
+    assert logp.requires_grad                                                 # the trainer's forward keeps grad
+
+
+def test_kv_bytes_per_token():
+    mla, gqa = make_model("mla_moe").cfg, make_model("gqa_dense").cfg
+    assert kv_bytes_per_token(make_model("mla_moe")) == mla.n_layers * (mla.kv_lora_rank + mla.qk_rope_head_dim) * 4
+    assert kv_bytes_per_token(make_model("gqa_dense")) == gqa.n_layers * 2 * gqa.n_kv_heads * gqa.head_dim * 4
+
+
+def test_bad_input_errors():
+    model = make_model("gqa_dense")
+    for kwargs, words in [(dict(prompts=[[1, 2], []]), "prompt 1"), (dict(prompts=[[1, 9999]]), "outside"),
+                          (dict(max_new_tokens=600), "max_seq_len"), (dict(temperature=0.0), "greedy=True"),
+                          (dict(stop_strings=["x"]), "decode"), (dict(top_p=0.0), "top_p"),
+                          (dict(seed=[1, 2, 3]), "one int per prompt")]:
+        args = dict(prompts=[[1, 2], [3]], max_new_tokens=4) | kwargs
+        with pytest.raises(ValueError, match=words):
+            generate(model, args.pop("prompts"), **args)
+    with pytest.raises(ValueError, match="routing"):
+        pack([[1], [2]], torch.zeros(2, 3, dtype=torch.long), routing=[torch.zeros(2, 1, 2)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled fast path is checked on a GPU")
+def test_compiled_equals_eager_on_gpu():
+    torch.manual_seed(0)
+    model = Transformer(get_config("tiny", **CONFIGS["gqa_dense"])).cuda().eval()
+    eager = generate(model, PROMPTS, max_new_tokens=16, greedy=True)
+    fast = generate(model, PROMPTS, max_new_tokens=16, greedy=True, compile=True)
+    assert fast.tokens.tolist() == eager.tokens.tolist()
+    torch.testing.assert_close(fast.logprobs, eager.logprobs, atol=1e-4, rtol=0)
