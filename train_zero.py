@@ -55,7 +55,7 @@ def get_args(argv=None):
     p.add_argument("--task-file", default=None, help="train on a JSONL file of {problem, answer} instead")
     p.add_argument("--eval-file", default=None, help="evaluate on a JSONL file instead of the task's test split")
     # GRPO
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--prompts-per-step", type=int, default=8)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=160)

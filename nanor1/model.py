@@ -295,11 +295,14 @@ class GQA(nn.Module):
         if cache is not None:
             cache["k"][:B, start:start + T], cache["v"][:B, start:start + T] = k, v
             k, v = cache["k"][:B, :start + T], cache["v"][:B, :start + T]       # [B, S, Hk, Dh]
+        # Fold each KV head's group of `rep` query heads into the query axis instead of copying K/V rep times:
+        # query head h = kv * rep + r attends with KV head kv. Decode then reads the cache once, not rep times.
         rep = self.n_heads // self.n_kv
-        k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)  # [B, S, H, Dh]
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=mask)                    # [B, H, T, Dh]
-        return self.wo(out.transpose(1, 2).flatten(2))                          # [B, T, D]
+        q = q.view(B, T, self.n_kv, rep, self.hd).permute(0, 2, 3, 1, 4).reshape(B, self.n_kv, rep * T, self.hd)
+        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=mask.repeat(1, 1, rep, 1))  # [B, Hk, rep*T, Dh]
+        out = out.view(B, self.n_kv, rep, T, self.hd).permute(0, 3, 1, 2, 4)        # [B, T, Hk, rep, Dh]
+        return self.wo(out.reshape(B, T, self.n_heads * self.hd))                   # [B, T, D]
 
 
 # ----------------------------------------------------------------------------------------------------------------
