@@ -135,7 +135,8 @@ def main(argv=None):
             raise FileNotFoundError(f"base checkpoint {base} does not exist")
         print0(f"no base model at {base}: pretraining one (pretrain.py defaults)")
         import pretrain
-        pretrain.main(["--out", str(base), "--device", args.device])
+        # only the forced-mode diagnostic: the sampled base evaluation is the first thing done below
+        pretrain.main(["--out", str(base), "--device", args.device, "--eval-k", "0"])
 
     resume_dir = out / "checkpoint"
     resuming = args.resume and resume_dir.exists()
