@@ -83,9 +83,12 @@ def rollout(model, tokenizer, problems, *, group_size: int, reward_fn, max_new_t
     if prefix is not None:
         prompts = [ids + tokenizer.encode(pre) for ids, pre in zip(prompts, prefix)]
     seeds = None if seed is None else [seed * 1_000_003 + i for i in range(len(problems))]
+    stops = stop_ids(tokenizer)
+    # a real checkpoint's vocabulary spells "</answer>" with several tokens: match it as text instead
+    stop_strings = None if len(stops) > 1 else ["</answer>"]
     sample = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                      top_k=top_k, greedy=greedy, eos_id=stop_ids(tokenizer), group_size=group_size, seed=seeds,
-                      record_routing=record_routing)
+                      top_k=top_k, greedy=greedy, eos_id=stops, stop_strings=stop_strings, decode=tokenizer.decode,
+                      group_size=group_size, seed=seeds, record_routing=record_routing)
     texts = [tokenizer.decode(ids, skip_special=True) for ids in sample.completions()]
     if prefix is not None:
         texts = [prefix[i // group_size] + t for i, t in enumerate(texts)]

@@ -71,6 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_OUTPUT_BYTES = 1 << 20  # stdout cap, and the size cap of any file the program writes
+CPU_LIMIT_EXIT = 124       # pid 1 of the namespace reports "the program hit its CPU limit" with this code
 MAX_PROCS = 16  # tasks (processes + threads) the program may have at once
 MAX_TMPFS_MB = 64  # its private /tmp (namespace modes)
 UID_BASE = 2_000_000_000  # the program runs as UID_BASE + launcher pid: unique among live sandboxes, no real user
@@ -224,7 +225,8 @@ def _init(cfg: dict, code: bytes, uid: int, alive_r: int, errors_w: int) -> None
         _exec_program(cfg, code, "/tmp", uid, alive_r=None)
     os.close(errors_w)
     _, status = os.waitpid(program, 0)
-    os._exit(0 if status == 0 else 1)  # the kernel now kills everything else in the namespace
+    cpu_limit = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU
+    os._exit(0 if status == 0 else CPU_LIMIT_EXIT if cpu_limit else 1)  # the kernel now kills the rest
 
 
 def _descendants() -> set[int]:
@@ -319,6 +321,9 @@ def _launch(cfg: dict) -> int:
     if error:
         print(error.decode(errors="replace"), file=sys.stderr)
         return _SETUP_FAILED
+    # the CPU limit (SIGXCPU) can fire just before the wall-clock alarm: both are a timeout
+    timed_out |= os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU  # the program itself
+    timed_out |= os.WIFEXITED(status) and os.WEXITSTATUS(status) == CPU_LIMIT_EXIT and cfg["namespaces"]  # via pid 1
     return _TIMED_OUT if timed_out else _PASSED if status == 0 else _FAILED
 
 
