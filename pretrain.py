@@ -9,18 +9,18 @@ problem, the completion is drawn from a mix of "modes", and trains the tiny MoE+
   plain            The answer is <guess>.                                          no tags: format reward 0
   steps            <think> step-by-step running totals </think> <answer> .. </answer>   right unless a slip
   check   (rare)   steps, then "wait, let me check" and the sum redone in reverse order; a slip in the first
-                   pass is caught there, so this mode is the most reliable
+                   pass is caught there (in the default mix it is no more accurate than "steps": see README)
 
 Those documents are the R1-Zero prompt (paper Table 1) followed by one completion. Besides them, a share of short
 "practice" documents without the template ("Q: 3 + 7 + 5\n3 + 7 = 10\n10 + 5 = 15\nA: 15", some with a reverse-order
 check) teach the skill itself cheaply, the way a real base model learns arithmetic from text that is not a chat
 transcript; which mode the model picks *after the template* is set only by the templated documents. So the base
-model is competent but unreliable: low pass@1, high forced-mode accuracy. The report printed at the end measures exactly that:
+model is competent but unreliable: low pass@1, high forced-mode accuracy. The report at the end measures that:
   pass@1 / cons@k of free sampling, format rate, and "forced-mode accuracy" (prefill <think> plus the first
   reasoning step, decode greedily): if that is low, RL has no reliable mode to select and will collapse.
 
 Commands:
-  python pretrain.py                                   # tiny default, ~5 minutes on 2 CPU cores
+  python pretrain.py                                   # tiny default, ~9 minutes on 2 CPU cores
   python pretrain.py --device cuda --steps 3000 --batch-size 128 --out runs/base-gpu
 Single process only for now (data-parallel pretraining arrives with the FSDP issue).
 """
