@@ -74,6 +74,7 @@ def get_args(argv=None):
     p.add_argument("--adv-scale", default="group", help="group (paper) | none (Dr. GRPO) | batch")
     p.add_argument("--dynamic-sampling", action="store_true", help="DAPO: refill groups with equal rewards")
     p.add_argument("--overlong", default="none", help="none | mask | penalty")
+    p.add_argument("--replay-routing", action="store_true", help="MoE: train with the experts the sampler chose")
     p.add_argument("--format-weight", type=float, default=0.1)
     p.add_argument("--accuracy-weight", type=float, default=1.0)
     # evaluation and logging
@@ -153,7 +154,8 @@ def main(argv=None):
     cfg = GRPOConfig(group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                      mu=args.mu, minibatches=args.minibatches, micro_batch=args.micro_batch, eps_low=args.eps_low,
                      eps_high=args.eps_high, beta=args.beta, loss_agg=args.loss_agg, adv_scale=args.adv_scale,
-                     dynamic_sampling=args.dynamic_sampling, overlong=args.overlong)
+                     dynamic_sampling=args.dynamic_sampling, overlong=args.overlong,
+                     replay_routing=args.replay_routing)
     reward_fn = default_reward_fn({"accuracy": args.accuracy_weight, "format": args.format_weight})
     train_batch, eval_problems = problem_source(args)
 

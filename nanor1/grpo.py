@@ -235,6 +235,11 @@ class GRPOConfig:
     overlong_buffer: int = 32
     grad_clip: float = 1.0
     bias_update_speed: float = 1e-3   # gamma of auxiliary-loss-free MoE balancing
+    replay_routing: bool = False      # MoE: the trainer reuses the experts the sampler chose for every token
+
+    def __post_init__(self):
+        if self.replay_routing and self.dynamic_sampling:
+            raise ValueError("replay_routing with dynamic_sampling is not supported yet (merged groups drop routing)")
 
 
 def _world() -> tuple[int, bool]:
@@ -257,7 +262,7 @@ def collect_groups(policy, tokenizer, problems, reward_fn, cfg: GRPOConfig, seed
     """Rollouts for the step; with dynamic sampling, groups with no reward variance are replaced by new questions
     drawn with refill(n) until the batch is full or max_refills is spent. Returns (Rollouts, n_sampled_groups)."""
     kw = dict(group_size=cfg.group_size, reward_fn=reward_fn, max_new_tokens=cfg.max_new_tokens,
-              temperature=cfg.temperature, top_p=cfg.top_p)
+              temperature=cfg.temperature, top_p=cfg.top_p, record_routing=cfg.replay_routing)
     ro = rollout(policy, tokenizer, problems, seed=seed, **kw)
     n_sampled = len(problems)
     if not (cfg.dynamic_sampling and refill):
@@ -326,7 +331,7 @@ def rl_step(policy, optimizer, tokenizer, problems, reward_fn, cfg: GRPOConfig, 
     advantages = group_advantages(rewards, scale=cfg.adv_scale).flatten()               # [B]
 
     t1 = time.perf_counter()
-    batch = pack(sample.prompts, sample.tokens.to(device), mask, device=device)
+    batch = pack(sample.prompts, sample.tokens.to(device), mask, routing=sample.routing, device=device)
     old_logp = sample.logprobs.to(device)                                               # [B, T] pi_old
     ref_logp = None
     if cfg.beta > 0:

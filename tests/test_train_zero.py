@@ -59,6 +59,26 @@ def test_rl_step_with_kl_reports_kl_and_is_zero_at_start(tokenizer):
         assert key in m
 
 
+@pytest.mark.parametrize("replay", [False, True])
+def test_rl_step_replays_the_samplers_moe_routing(tokenizer, replay):
+    model = tiny_model(tokenizer.vocab_size)
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.0)
+    problems = make_task("arithmetic", n_terms=3).sample("train", 2, seed=2)
+
+    def reward_that_moves_the_router(texts, problems):
+        # runs between sampling and the update: a router change the trainer must not see when replaying
+        torch.manual_seed(0)
+        for moe in model.moe_layers():
+            moe.gate.bias.normal_(0, 1.0)
+        return digit_share(texts, problems)
+
+    m = rl_step(model, optimizer, tokenizer, problems, reward_that_moves_the_router,
+                GRPOConfig(group_size=4, max_new_tokens=8, replay_routing=replay), seed=0)
+    assert (m["logp_diff"] < 1e-4) == replay, m["logp_diff"]
+    with pytest.raises(ValueError, match="dynamic_sampling"):
+        GRPOConfig(replay_routing=True, dynamic_sampling=True)
+
+
 def test_resume_gives_the_same_next_step(tmp_path, tokenizer):
     import train_zero
     base = tmp_path / "base"
