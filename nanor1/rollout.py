@@ -15,6 +15,7 @@ the "aha moment" discussion track: format compliance, response length, and the r
 """
 import re
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -62,11 +63,8 @@ class Rollouts:
 
 
 def default_reward_fn(weights: dict[str, float]):
-    """The rule rewards of R1-Zero: a weighted sum of named rule rewards (accuracy, format, ...)."""
-    def reward_fn(texts, problems):
-        total, components = compute_rewards(texts, problems, weights)
-        return total, components
-    return reward_fn
+    """The rule rewards of R1-Zero: reward_fn(texts, problems) -> weighted sum of named rule rewards, components."""
+    return partial(compute_rewards, weights=weights)
 
 
 @torch.no_grad()
