@@ -5,6 +5,7 @@ equal multi-head cache), and on a GPU the fraction of the memory-bandwidth bound
     python bench/sampler.py --quick                                  # CPU, tiny models, under a minute
     python bench/sampler.py                                          # CPU, tiny models, full sizes
     python bench/sampler.py --device cuda --out sampler_cuda.json    # GPU, bf16: tiny MLA-MoE + qwen2.5-0.5b, 1k ctx
+    python bench/sampler.py --models small --batches 1,8 --recompute-batches 8   # CPU, a 20M-class model
 
 Weights are random (speed does not depend on them) and no row stops early (eos_id=None), so every row generates
 --new-tokens tokens. Rows: one prompt per row (group_size=1), sampled at temperature 1 (the RL setting).
@@ -28,6 +29,9 @@ from nanor1.sampler import attention_kernels, generate, kv_bytes_per_token, left
 
 # the presets benchmarked; "tiny-gqa" is the dense GQA student shape at tiny size
 MODELS = {"tiny": ("tiny", {}), "tiny-gqa": ("tiny", dict(attn="gqa", n_routed_experts=0, n_kv_heads=2))}
+# decode modes (generate() arguments); "cached" is the eager reference
+MODES = {"cached": dict(), "static": dict(decode_mode="static"), "compiled": dict(compile=True),
+         "graph": dict(decode_mode="cuda_graph"), "graph+compile": dict(decode_mode="cuda_graph", compile=True)}
 
 
 def build(name: str, device, dtype, seq_len: int) -> Transformer:
@@ -124,12 +128,11 @@ def bench_model(name, args, device, dtype) -> list[dict]:
         print(fmt(r), flush=True)
         return r
 
-    modes = [("cached", False)] + ([("compiled", True)] if args.compile else [])
     for B in args.batches:
-        for mode, compile in modes:
+        for mode in args.modes:
             ps = prompts(B, args.prompt_len)
             try:
-                kw = dict(temperature=1.0, seed=0, compile=compile)
+                kw = dict(temperature=1.0, seed=0) | MODES[mode]
                 for n in (1, min(8, args.new_tokens)):                                     # warm-up (and compile)
                     generate(model, ps, max_new_tokens=n, **kw)
                 t_prefill = timed(lambda: generate(model, ps, max_new_tokens=1, **kw), device)
@@ -140,10 +143,10 @@ def bench_model(name, args, device, dtype) -> list[dict]:
                 torch.cuda.empty_cache()
     for B in args.recompute_batches:  # cached vs recompute at the same (usually longer) generation length
         ps, T = prompts(B, args.prompt_len), args.recompute_new_tokens
-        kw = dict(temperature=1.0, seed=0)
+        kw = dict(temperature=1.0, seed=0) | MODES[args.modes[-1]]  # the fastest mode asked for
         generate(model, ps, max_new_tokens=4, **kw)
         generate_recompute(model, ps, 4)
-        cached = row("cached", B, args.prompt_len, T, timed(lambda: generate(model, ps, max_new_tokens=T, **kw),
+        cached = row(args.modes[-1], B, args.prompt_len, T, timed(lambda: generate(model, ps, max_new_tokens=T, **kw),
                                                              device))
         rec = row("recompute", B, args.prompt_len, T, timed(lambda: generate_recompute(model, ps, T), device))
         cached["speedup_vs_recompute"] = rec["total_s"] / cached["total_s"]
@@ -172,7 +175,8 @@ def main():
     ap.add_argument("--models", default=None, help="comma-separated presets (or tiny-gqa); default: cpu tiny,tiny-gqa; "
                     "cuda tiny,qwen2.5-0.5b")
     ap.add_argument("--quick", action="store_true", help="small sizes: about a minute on a CPU")
-    ap.add_argument("--compile", action="store_true", help="also time generate(..., compile=True)")
+    ap.add_argument("--modes", default=None, help=f"comma-separated decode modes of {list(MODES)}; the last one is "
+                    "also timed against recompute (default: cpu cached,static; cuda cached,graph,graph+compile)")
     # sizes
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,64,256)")
     ap.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default cpu 32, cuda 512)")
@@ -190,6 +194,9 @@ def main():
     dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
     ints = lambda s: [int(x) for x in s.split(",") if x]
     models = (args.models or ("tiny,qwen2.5-0.5b" if cuda else "tiny,tiny-gqa")).split(",")
+    args.modes = (args.modes or ("cached,graph,graph+compile" if cuda else "cached,static")).split(",")
+    if unknown := set(args.modes) - set(MODES):
+        ap.error(f"unknown modes {sorted(unknown)}; choose from {list(MODES)}")
     if args.quick:
         args.batches = ints(args.batches or "1,8,64")
         args.prompt_len, args.new_tokens = args.prompt_len or 16, args.new_tokens or 64

@@ -192,19 +192,37 @@ def apply_rope(x, cos, sin):
     return out.flatten(-2).type_as(x)                                 # [B, T, H, R]
 
 
-def attention_mask(key_mask, start: int, T: int):
+def attention_mask(key_mask, start, T: int):
     """Boolean mask [B, 1, T, S] (True = attend): causal over cache slots and restricted to real (non-pad) keys.
 
-    key_mask [B, S] marks the slots that hold real tokens (S = start + T). A padding query would see no key at all
-    (NaN softmax), so every query may always see its own slot; pad outputs are never read.
+    key_mask [B, >= S] marks the slots that hold real tokens. start is an int (the queries sit in slots
+    start..start+T-1 and attend to S = start + T slots) or a 0-dim long tensor (static shapes: attend over all
+    S = key_mask.size(1) slots; the causal part hides the ones not written yet). A padding query would see no key at
+    all (NaN softmax), so every query may always see its own slot; pad outputs are never read.
     """
-    S = start + T
-    q_slot = torch.arange(start, S, device=key_mask.device)
-    k_slot = torch.arange(S, device=key_mask.device)
+    S = key_mask.size(1) if torch.is_tensor(start) else start + T
+    q_slot = start + torch.arange(T, device=key_mask.device)             # [T]
+    k_slot = torch.arange(S, device=key_mask.device)                     # [S]
     causal = k_slot[None, :] <= q_slot[:, None]                          # [T, S]
     mask = causal[None] & key_mask[:, None, :S]                          # [B, T, S]
     mask = mask | (k_slot[None, :] == q_slot[:, None])[None]             # always see yourself
     return mask.unsqueeze(1)                                             # [B, 1, T, S]
+
+
+def write_cache(cache: dict, new: dict, start) -> dict:
+    """Write each new[name] [B, T, ...] into cache[name] at slots start..start+T-1 and return what attention reads:
+    slots [0, start+T) for an int start; all S slots for a tensor start (the slot is data, not shape, so one
+    captured CUDA graph serves every decode step)."""
+    out = {}
+    for name, x in new.items():
+        c = cache[name][:x.size(0)]                                      # [B, S, ...] (a view: writes go through)
+        if torch.is_tensor(start):
+            c.index_copy_(1, start + torch.arange(x.size(1), device=x.device), x.to(c.dtype))
+            out[name] = c
+        else:
+            c[:, start:start + x.size(1)] = x
+            out[name] = c[:, :start + x.size(1)]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,9 +266,8 @@ class MLA(nn.Module):
         kv = self.kv_norm(kv)
         k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)             # [B, T, R]
         if cache is not None:  # write this step's latents, then read back everything so far
-            cache["kv"][:B, start:start + T] = kv
-            cache["pe"][:B, start:start + T] = k_pe
-            kv, k_pe = cache["kv"][:B, :start + T], cache["pe"][:B, :start + T]  # [B, S, C], [B, S, R]
+            c = write_cache(cache, {"kv": kv, "pe": k_pe}, start)
+            kv, k_pe = c["kv"], c["pe"]                                         # [B, S, C], [B, S, R]
         S = kv.size(1)
         wkv_b = self.wkv_b.weight.view(self.n_heads, self.nope + self.dv, self.C)  # [H, nope+dv, C]
         if not absorb:
@@ -293,8 +310,8 @@ class GQA(nn.Module):
         k = apply_rope(self.wk(x).view(B, T, self.n_kv, self.hd), cos, sin)     # [B, T, Hk, Dh]
         v = self.wv(x).view(B, T, self.n_kv, self.hd)
         if cache is not None:
-            cache["k"][:B, start:start + T], cache["v"][:B, start:start + T] = k, v
-            k, v = cache["k"][:B, :start + T], cache["v"][:B, :start + T]       # [B, S, Hk, Dh]
+            c = write_cache(cache, {"k": k, "v": v}, start)
+            k, v = c["k"], c["v"]                                               # [B, S, Hk, Dh]
         # Fold each KV head's group of `rep` query heads into the query axis instead of copying K/V rep times:
         # query head h = kv * rep + r attends with KV head kv. Decode then reads the cache once, not rep times.
         rep = self.n_heads // self.n_kv
@@ -410,7 +427,8 @@ class MoE(nn.Module):
         flat = idx.flatten()                                                    # [N*K]
         order = flat.argsort(stable=True)
         tok = order // K                                                        # token of each sorted pair
-        counts = torch.bincount(flat, minlength=self.w1.size(0))                # [E]
+        counts = torch.zeros(self.w1.size(0), dtype=torch.long, device=x.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat))                     # [E] (bincount syncs on CUDA)
         xs = x[tok]                                                             # [N*K, D], grouped by expert
         h = F.silu(grouped_mm(xs, self.w1.transpose(1, 2), counts)) * grouped_mm(xs, self.w3.transpose(1, 2), counts)
         out = grouped_mm(h, self.w2.transpose(1, 2), counts)                    # [N*K, D]
@@ -514,24 +532,31 @@ class Transformer(nn.Module):
         device = device or self.embed.weight.device
         return [b.attn.new_cache(batch, max_len, dtype, device) for b in self.layers]
 
-    def forward(self, tokens, *, pos=None, key_mask=None, cache=None, start: int = 0, absorb=None,
-                routing=None, return_routing=False, return_hidden=False):
+    def forward(self, tokens, *, pos=None, key_mask=None, cache=None, start=0, absorb=None,
+                routing=None, return_routing=False, return_hidden=False, last_only=False):
         """tokens [B, T] -> logits [B, T, V].
 
         pos [B, T]: RoPE positions (default start..start+T-1; left-padded rows pass their own).
         key_mask [B, start+T] bool: which key slots hold real tokens (default: all).
         cache: from new_cache(); this call writes slots [start, start+T) and attends to [0, start+T).
+        start: an int, or a 0-dim long tensor on the model's device for static shapes (needs cache, pos and a key_mask
+            over all S cache slots; attends over every slot, the unwritten ones masked): no shape depends on the step
+            and nothing syncs with the host, so the sampler can capture one decode step as a CUDA graph.
         absorb: MLA path; default absorbed when decoding with a cache (T == 1), naive otherwise.
         routing: list of [B, T, K] expert indices per MoE layer to replay; return_routing returns the chosen ones.
+        last_only: logits for the last column only, [B, 1, V] (prefill needs no more).
         """
         B, T = tokens.shape
+        static = torch.is_tensor(start)
+        if static and (cache is None or pos is None or key_mask is None):
+            raise ValueError("a tensor start (static shapes) needs cache, pos and key_mask [B, S] over all cache slots")
         if pos is None:
             if start + T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
             pos = torch.arange(start, start + T, device=tokens.device).expand(B, T)
         if absorb is None:
             absorb = cache is not None and T == 1
-        if key_mask is None and cache is None and start == 0:
+        if key_mask is None and cache is None and not static and start == 0:
             mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()[None, None]  # [1, 1, T, T]
         else:
             if key_mask is None:
@@ -548,7 +573,7 @@ class Transformer(nn.Module):
             if idx is not None:
                 chosen.append(idx)
         h = x
-        logits = self.head(self.norm(h))                                         # [B, T, V]
+        logits = self.head(self.norm(h[:, -1:] if last_only else h))             # [B, T, V] ([B, 1, V])
         out = (logits,)
         if return_routing:
             out += (chosen,)

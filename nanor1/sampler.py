@@ -13,8 +13,9 @@ How generation works
 - Layout. Prompts are LEFT-padded to the longest (P tokens), so all rows write the same cache slot at each step and
   one `start` serves the whole batch. Each row passes its own RoPE positions (its first real token is position 0),
   and key_mask hides the pad slots. Completion token t of every row sits in slot (and packed column) P + t.
-- Prefill runs each prompt once, in row chunks so that the [rows, P, V] logits stay small. For GRPO groups the
-  prompt's cache is then copied into its G rows (repeat_interleave; rows are prompt-major: p0s0, p0s1, .., p1s0, ..).
+- Prefill runs each prompt once (rows in chunks of PREFILL_TOKENS prompt tokens) and computes logits for the last
+  column only. For GRPO groups the prompt's cache is then copied into its G rows (repeat_interleave; rows are
+  prompt-major: p0s0, p0s1, .., p1s0, ..).
 - Decode feeds one token per row per step; MLA takes its absorbed path, attending in latent space over a cache of
   only c_kv and the rope key. Finished rows keep running (the batch shape stays fixed) but emit PAD and are masked.
 - Stopping. EOS ids are checked on the device at every step, with no host sync. Whatever needs the host (are all
@@ -36,11 +37,15 @@ one forward, with no knowledge of the truncation. With top_k=0 and top_p=1 (the 
 exactly the distribution the tokens were drawn from. With truncation the draw comes from the renormalised kept set,
 so those samples are slightly off-policy for this logp: keep truncation for evaluation.
 
-Speed. Generation runs with every SDPA kernel but cuDNN's (attention_kernels: cuDNN plans anew for each key length,
-and decode meets a new length at every step). compile=True runs the model's decode step through torch.compile
-(dynamic shapes: the attended length grows every step); the eager path is the reference and the default.
-CUDA-graph capture would need a decode step of static shapes, which model.forward does not offer (it slices the
-cache to start + 1 at every step).
+Speed. A decode step is a few hundred small kernels, so on a GPU its time goes to launching them, not to reading
+the weights and the cache. decode_mode picks the step:
+- "eager" (default, the reference): the attended length grows by one every step (the cache is sliced to P + t).
+- "static": the same step with fixed shapes: the cache slot to write is a device tensor (index_copy_) and attention
+  runs over all S slots, the ones not written yet masked; sampling and bookkeeping write at a tensor position too.
+  Nothing in the step depends on the host, so it can be captured. Tests check it equals "eager" on CPU.
+- "cuda_graph": the static step recorded once per generate() call as a CUDA graph and replayed: one launch per step.
+compile=True runs the model's step through torch.compile (dynamic shapes for "eager", fixed for the others).
+Generation runs with every SDPA kernel but cuDNN's (attention_kernels: cuDNN plans anew for each key length).
 
 Shape letters: B prompts, G group size, N = B*G rows, P padded prompt length, T new tokens, S cache slots,
 V vocab, K experts per token.
@@ -52,7 +57,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 PAD = 0                # written after a row stops; masked everywhere, so any valid id would do
-PREFILL_LOGITS = 2 ** 28  # prefill at most this many logits at once (rows * P * V): 512 MiB in bf16
+PREFILL_TOKENS = 2 ** 16  # prefill at most this many prompt tokens at once (bounds the activations' memory)
 
 
 @dataclass
@@ -188,7 +193,7 @@ def _check_prompts(prompts, vocab_size: int):
 
 def _forward_last(model, tokens, pos, key_mask, cache, start, record):
     """One cached forward; returns the last column's logits [B, V] float32 and the routing (or None)."""
-    out = model(tokens, pos=pos, key_mask=key_mask, cache=cache, start=start, return_routing=record)
+    out = model(tokens, pos=pos, key_mask=key_mask, cache=cache, start=start, return_routing=record, last_only=True)
     logits, routing = out if record else (out, None)
     return logits[:, -1].float(), routing
 
@@ -202,11 +207,15 @@ def attention_kernels():
 _compiled: dict = {}
 
 
-def _fast(fn):
-    """torch.compile'd version of fn, built once per process (dynamic: the cache length changes every step)."""
-    if fn not in _compiled:
-        _compiled[fn] = torch.compile(fn, dynamic=True)
-    return _compiled[fn]
+def _fast(fn, dynamic: bool):
+    """torch.compile'd version of fn, built once per process. dynamic: the eager step's cache length changes every
+    step; the static step's shapes are fixed for a whole generate() call."""
+    if (fn, dynamic) not in _compiled:
+        _compiled[fn, dynamic] = torch.compile(fn, dynamic=dynamic)
+    return _compiled[fn, dynamic]
+
+
+DECODE_MODES = ("eager", "static", "cuda_graph")
 
 
 @torch.no_grad()
@@ -214,14 +223,16 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
              top_k: int = 0, greedy: bool = False, eos_id: int | Sequence[int] | None = None,
              stop_strings: Sequence[str] | None = None, decode: Callable[[list[int]], str] | None = None,
              group_size: int = 1, seed: int | Sequence[int] | None = None, record_routing: bool = False,
-             check_every: int = 8, compile: bool = False) -> Rollout:
+             check_every: int = 8, decode_mode: str = "eager", compile: bool = False) -> Rollout:
     """Complete each prompt group_size times; returns a Rollout with N = len(prompts) * group_size rows.
 
     Rows stop at an eos_id token or once their text contains a stop string (decode: ids -> text; needed with
     stop_strings), else after max_new_tokens. greedy takes the argmax; otherwise tokens are drawn from
     softmax(logits / temperature), truncated by top_k / top_p. seed: int, or one int per prompt (see module
     docstring); None draws one from torch's global RNG. record_routing keeps the MoE expert choice of every token.
-    check_every: decode steps between host syncs (all rows done? stop strings?). compile: torch.compile the step.
+    check_every: decode steps between host syncs (all rows done? stop strings?).
+    decode_mode: "eager" (the reference), "static" (fixed shapes: attend over all cache slots, masked) or
+    "cuda_graph" (the static step captured once and replayed; CUDA only). compile: torch.compile the model's step.
     The model runs in eval mode under no_grad, and gets its mode back afterwards.
     """
     cfg, device = model.cfg, model.embed.weight.device
@@ -242,6 +253,15 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
         raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
     if stop_strings is not None and decode is None:
         raise ValueError("stop_strings need decode (a function from token ids to text)")
+    if decode_mode not in DECODE_MODES:
+        raise ValueError(f"decode_mode must be one of {DECODE_MODES}, got {decode_mode!r}")
+    if decode_mode == "cuda_graph":
+        if device.type != "cuda":
+            raise ValueError(f"decode_mode='cuda_graph' needs the model on a CUDA device, it is on {device}")
+        if model.moe_layers() and (model.embed.weight.dtype != torch.bfloat16 or not model.moe_layers()[0].batched):
+            # the fp32 expert path pads to the busiest expert's count, a shape only the host can know
+            raise ValueError("decode_mode='cuda_graph' with MoE layers needs bfloat16 weights and batched experts "
+                             "(F.grouped_mm); use decode_mode='static' or 'eager' otherwise")
     stops = StopStrings(stop_strings, decode) if stop_strings is not None else None
     eos = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
     eos = torch.tensor(eos, dtype=torch.long, device=device)
@@ -251,18 +271,76 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
     model.eval()
     try:
         with attention_kernels():
-            return _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, greedy, eos, stops,
-                             group_size, seed, record, check_every, compile)
+            return _generate(model, prompts, max_new_tokens, dict(temperature=temperature, top_p=top_p, top_k=top_k,
+                             greedy=greedy), eos, stops, group_size, seed, record, check_every, decode_mode, compile)
     finally:
         model.train(was_training)
 
 
-def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, greedy, eos, stops, G, seed, record,
-              check_every, compile) -> Rollout:
+@dataclass
+class _Decoding:
+    """The decode loop's state: tensors only, updated in place, so that a captured CUDA graph replays steps on them."""
+    cache: list[dict]                # per layer, [N, S, ...]
+    key_mask: torch.Tensor           # [N, S] bool: real prompt slots and every generated slot
+    routing: list[torch.Tensor] | None  # per MoE layer [N, S, K] int16
+    u: torch.Tensor | None           # [T, N] float64 uniforms (None when greedy)
+    eos: torch.Tensor                # [n_eos] long
+    tok: torch.Tensor                # [N] long: the last sampled token of each row (fed next)
+    pos: torch.Tensor                # [N] long: the RoPE position of that token
+    t: torch.Tensor                  # [] long: the index of the next token to sample
+    out_tok: torch.Tensor            # [N, T] long
+    out_logp: torch.Tensor           # [N, T] float32
+    lengths: torch.Tensor            # [N] long: tokens generated while not done
+    done: torch.Tensor               # [N] bool
+
+
+def _pick(d: _Decoding, logits, sampling: dict):
+    """Sample token t of every row from logits [N, V] and record it, then t += 1. Static shapes, no host sync."""
+    t = d.t.view(1)
+    u = None if d.u is None else d.u.index_select(0, t)[0]                   # [N]
+    tok, logp = sample(logits, u, **sampling)
+    tok = tok.masked_fill(d.done, PAD)
+    d.out_tok.index_copy_(1, t, tok[:, None])
+    d.out_logp.index_copy_(1, t, logp.masked_fill(d.done, 0.0)[:, None])
+    d.lengths += ~d.done
+    d.done |= torch.isin(tok, d.eos)
+    d.tok.copy_(tok)
+    d.t += 1
+
+
+def _decode_step(model, d: _Decoding, P: int, sampling: dict, forward, start):
+    """Feed each row's last token, which sits in cache slot start = P + t - 1, and sample token t.
+    start: that slot as an int (eager: the attended length grows) or as a tensor (static shapes)."""
+    logits, r = forward(model, d.tok[:, None], d.pos[:, None], d.key_mask, d.cache, start, d.routing is not None)
+    d.pos += 1
+    if r is not None:
+        slot = (P + d.t - 1).view(1)
+        for m, rm in enumerate(r):
+            d.routing[m].index_copy_(1, slot, rm.to(torch.int16))            # rm [N, 1, K]
+    _pick(d, logits, sampling)
+
+
+def _cuda_graph(step, d: _Decoding):
+    """Capture step() (a static-shape decode step on d) as a CUDA graph; graph.replay() then runs it again on the same
+    tensors with one launch instead of one per kernel. The state is left as it was."""
+    saved = {k: getattr(d, k).clone() for k in ("tok", "pos", "t", "lengths", "done")}
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up outside the capture: lazy initialisation must not be recorded
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # records, does not run
+        step()
+    for k, v in saved.items():  # undo the warm-up step (it rewrote token t's column; replay writes it again)
+        getattr(d, k).copy_(v)
+    return graph
+
+
+def _generate(model, prompts, max_new_tokens, sampling, eos, stops, G, seed, record, check_every, decode_mode,
+              compile) -> Rollout:
     """generate()'s loop, on checked arguments."""
     cfg, device = model.cfg, model.embed.weight.device
-    # only the model's step is compiled: inductor (torch 2.11) fails on sample()'s float64 cumsum with dynamic shapes
-    step = _fast(_forward_last) if compile else _forward_last
     B = len(prompts)
     N = B * G
     tokens, pos, real = left_pad(prompts, device)                         # [B, P] each
@@ -273,7 +351,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, greedy,
     key_mask[:, :P] = real.repeat_interleave(G, 0)
 
     # prefill each prompt once, a few rows at a time; writes go through views into the first B cache rows
-    rows = max(1, PREFILL_LOGITS // (P * cfg.vocab_size))
+    rows = max(1, PREFILL_TOKENS // P)
     last, prompt_routing = [], []
     for i in range(0, B, rows):
         view = [{k: t[i:i + rows] for k, t in layer.items()} for layer in cache]
@@ -292,44 +370,49 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, top_k, greedy,
         for m, r in enumerate(routing):
             r[:, :P] = torch.cat([chunk[m] for chunk in prompt_routing]).repeat_interleave(G, 0)
 
-    u = None if greedy else _uniforms(seed, B, G, max_new_tokens).to(device)  # [T, N]
-    next_pos = torch.tensor([len(p) for p in prompts], device=device).repeat_interleave(G)  # [N]
-    out_tok = torch.full((N, max_new_tokens), PAD, dtype=torch.long, device=device)
-    out_logp = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=device)
-    lengths = torch.zeros(N, dtype=torch.long, device=device)
-    done = torch.zeros(N, dtype=torch.bool, device=device)
+    T = max_new_tokens
+    d = _Decoding(
+        cache=cache, key_mask=key_mask, routing=routing, eos=eos,
+        u=None if sampling["greedy"] else _uniforms(seed, B, G, T).to(device),  # [T, N]
+        tok=torch.zeros(N, dtype=torch.long, device=device),
+        pos=torch.tensor([len(p) for p in prompts], device=device).repeat_interleave(G),  # token 0's position
+        t=torch.zeros((), dtype=torch.long, device=device),
+        out_tok=torch.full((N, T), PAD, dtype=torch.long, device=device),
+        out_logp=torch.zeros(N, T, dtype=torch.float32, device=device),
+        lengths=torch.zeros(N, dtype=torch.long, device=device),
+        done=torch.zeros(N, dtype=torch.bool, device=device))
+    _pick(d, logits, sampling)                                            # token 0, from the prefill
+
+    static = decode_mode != "eager"
+    forward = _fast(_forward_last, dynamic=not static) if compile else _forward_last
+
+    def step(t: int):  # feed token t - 1 (cache slot P + t - 1) and sample token t
+        # static: the slot is computed on the device from d.t, so a captured graph finds it anew at every replay
+        _decode_step(model, d, P, sampling, forward, P + d.t - 1 if static else P + t - 1)
+
+    graph = _cuda_graph(lambda: step(1), d) if decode_mode == "cuda_graph" and T > 1 else None
     seen = [[] for _ in range(N)]                                         # host copy of each row, for stops
     checked = 0                                                           # steps already copied to the host
-    for t in range(max_new_tokens):
-        if t > 0:  # feed the previous token (slot P + t - 1) to get the logits of token t
-            logits, r = step(model, tok[:, None], next_pos[:, None], key_mask, cache, P + t - 1, record)
-            next_pos += 1
-            if record:
-                for m, rm in enumerate(r):
-                    routing[m][:, P + t - 1] = rm[:, 0]
-        tok, logp = sample(logits, None if greedy else u[t], temperature=temperature, top_k=top_k, top_p=top_p,
-                           greedy=greedy)
-        tok = tok.masked_fill(done, PAD)
-        out_tok[:, t] = tok
-        out_logp[:, t] = logp.masked_fill(done, 0.0)
-        lengths += ~done
-        done |= torch.isin(tok, eos)
-        if (t + 1) % check_every == 0 or t == max_new_tokens - 1:  # the only host syncs of the loop
+    for t in range(T):
+        if t > 0:
+            graph.replay() if graph is not None else step(t)
+        if (t + 1) % check_every == 0 or t == T - 1:  # the only host syncs of the loop
             if stops is not None:
-                _apply_stop_strings(stops, out_tok[:, checked:t + 1], seen, lengths, done)
+                _apply_stop_strings(stops, d.out_tok[:, checked:t + 1], seen, d.lengths, d.done)
                 checked = t + 1
-            if bool(done.all()):
+            if bool(d.done.all()):
                 break
 
+    lengths = d.lengths
     T = max(1, int(lengths.max()))
     mask = torch.arange(T, device=device)[None, :] < lengths[:, None]    # [N, T]
     return Rollout(
         prompts=[p for p in prompts for _ in range(G)],
-        tokens=out_tok[:, :T].masked_fill(~mask, PAD),
-        logprobs=out_logp[:, :T].masked_fill(~mask, 0.0),
+        tokens=d.out_tok[:, :T].masked_fill(~mask, PAD),
+        logprobs=d.out_logp[:, :T].masked_fill(~mask, 0.0),
         mask=mask,
-        finish_reason=["stop" if d else "length" for d in done.tolist()],
-        temperature=temperature,
+        finish_reason=["stop" if x else "length" for x in d.done.tolist()],
+        temperature=sampling["temperature"],
         routing=None if routing is None else [r[:, :P + T - 1] for r in routing],
     )
 
