@@ -86,6 +86,8 @@ def get_args(argv=None):
     p.add_argument("--save-every", type=int, default=20)
     # run
     p.add_argument("--device", default="auto")
+    p.add_argument("--decode-mode", default="eager", help="sampler decode step: eager | static | cuda_graph (GPU: "
+                   "one CUDA graph launch per token)")
     p.add_argument("--seed", type=int, default=1234)
     return p.parse_args(argv)
 
@@ -113,7 +115,8 @@ def problem_source(args):
 def run_eval(model, tokenizer, problems, args, step, out, log):
     t0 = time.time()
     report = evaluate(model, tokenizer, problems, k=args.eval_k, temperature=args.eval_temperature,
-                      top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+                      top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                      decode_mode=args.decode_mode)
     with open(out / f"samples_step{step:05d}.jsonl", "w") as f:
         for ex in report.pop("examples"):
             f.write(json.dumps(ex) + "\n")
@@ -155,7 +158,7 @@ def main(argv=None):
                      mu=args.mu, minibatches=args.minibatches, micro_batch=args.micro_batch, eps_low=args.eps_low,
                      eps_high=args.eps_high, beta=args.beta, loss_agg=args.loss_agg, adv_scale=args.adv_scale,
                      dynamic_sampling=args.dynamic_sampling, overlong=args.overlong,
-                     replay_routing=args.replay_routing)
+                     replay_routing=args.replay_routing, decode_mode=args.decode_mode)
     reward_fn = default_reward_fn({"accuracy": args.accuracy_weight, "format": args.format_weight})
     train_batch, eval_problems = problem_source(args)
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import torch
 
 from nanor1.rollout import Rollouts, behaviour_stats, rollout
-from nanor1.sampler import Batch, Rollout, pack, token_logprobs
+from nanor1.sampler import DECODE_MODES, Batch, Rollout, pack, token_logprobs
 from nanor1.training import clip_grad
 
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
@@ -236,8 +236,11 @@ class GRPOConfig:
     grad_clip: float = 1.0
     bias_update_speed: float = 1e-3   # gamma of auxiliary-loss-free MoE balancing
     replay_routing: bool = False      # MoE: the trainer reuses the experts the sampler chose for every token
+    decode_mode: str = "eager"        # the sampler's decode step: "eager", "static" or "cuda_graph" (sampler.py)
 
     def __post_init__(self):
+        if self.decode_mode not in DECODE_MODES:
+            raise ValueError(f"decode_mode must be one of {DECODE_MODES}, got {self.decode_mode!r}")
         if self.replay_routing and self.dynamic_sampling:
             raise ValueError("replay_routing with dynamic_sampling is not supported yet (merged groups drop routing)")
 
@@ -262,7 +265,8 @@ def collect_groups(policy, tokenizer, problems, reward_fn, cfg: GRPOConfig, seed
     """Rollouts for the step; with dynamic sampling, groups with no reward variance are replaced by new questions
     drawn with refill(n) until the batch is full or max_refills is spent. Returns (Rollouts, n_sampled_groups)."""
     kw = dict(group_size=cfg.group_size, reward_fn=reward_fn, max_new_tokens=cfg.max_new_tokens,
-              temperature=cfg.temperature, top_p=cfg.top_p, record_routing=cfg.replay_routing)
+              temperature=cfg.temperature, top_p=cfg.top_p, record_routing=cfg.replay_routing,
+              decode_mode=cfg.decode_mode)
     ro = rollout(policy, tokenizer, problems, seed=seed, **kw)
     n_sampled = len(problems)
     if not (cfg.dynamic_sampling and refill):

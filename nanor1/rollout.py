@@ -70,12 +70,13 @@ def default_reward_fn(weights: dict[str, float]):
 @torch.no_grad()
 def rollout(model, tokenizer, problems, *, group_size: int, reward_fn, max_new_tokens: int,
             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
-            seed: int | None = None, prefix: list[str] | None = None, record_routing: bool = False) -> Rollouts:
+            seed: int | None = None, prefix: list[str] | None = None, record_routing: bool = False,
+            decode_mode: str = "eager") -> Rollouts:
     """Sample group_size completions for each problem and score them.
 
     prefix: optional forced start of each completion (one string per problem, e.g. " <think> 3 + 7 = 10"); it is
     part of the prompt for the sampler and of the text for the rewards. reward_fn(texts, problems) returns
-    (totals, components).
+    (totals, components). decode_mode: the sampler's decode step ("eager", "static", "cuda_graph"; see sampler.py).
     """
     prompts = [prompt_ids(tokenizer, p.question) for p in problems]
     if prefix is not None:
@@ -86,7 +87,7 @@ def rollout(model, tokenizer, problems, *, group_size: int, reward_fn, max_new_t
     stop_strings = None if len(stops) > 1 else ["</answer>"]
     sample = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                       top_k=top_k, greedy=greedy, eos_id=stops, stop_strings=stop_strings, decode=tokenizer.decode,
-                      group_size=group_size, seed=seeds, record_routing=record_routing)
+                      group_size=group_size, seed=seeds, record_routing=record_routing, decode_mode=decode_mode)
     texts = [tokenizer.decode(ids, skip_special=True) for ids in sample.completions()]
     if prefix is not None:
         texts = [prefix[i // group_size] + t for i, t in enumerate(texts)]
@@ -110,10 +111,11 @@ def behaviour_stats(ro: Rollouts) -> dict:
 
 
 def evaluate(model, tokenizer, problems, *, k: int = 8, temperature: float = 0.6, top_p: float = 0.95,
-             max_new_tokens: int = 256, seed: int = 0, n_examples: int = 4) -> dict:
+             max_new_tokens: int = 256, seed: int = 0, n_examples: int = 4, decode_mode: str = "eager") -> dict:
     """pass@1 (mean over k samples), pass@k, cons@k, format rate and behaviour stats on held-out problems."""
     ro = rollout(model, tokenizer, problems, group_size=k, reward_fn=default_reward_fn({"accuracy": 1.0, "format": 1.0}),
-                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                 decode_mode=decode_mode)
     correct = [[c > 0.5 for c in ro.components["accuracy"][i * k:(i + 1) * k]] for i in range(len(problems))]
     cons = 0
     for i, problem in enumerate(problems):

@@ -303,7 +303,7 @@ def _pick(d: _Decoding, logits, sampling: dict):
     d.out_tok.index_copy_(1, t, tok[:, None])
     d.out_logp.index_copy_(1, t, logp.masked_fill(d.done, 0.0)[:, None])
     d.lengths += ~d.done
-    d.done |= torch.isin(tok, d.eos)
+    d.done |= (tok[:, None] == d.eos).any(-1)                                # [N]: hit one of the EOS ids
     d.tok.copy_(tok)
     d.t += 1
 
@@ -330,8 +330,10 @@ def _cuda_graph(step, d: _Decoding):
         step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):  # records, does not run
-        step()
+    # under autocast, casts cached during capture would be freed with the graph's inputs: capture without the cache
+    amp = torch.is_autocast_enabled("cuda")
+    with torch.cuda.graph(graph), torch.autocast("cuda", torch.get_autocast_dtype("cuda"), amp, cache_enabled=False):
+        step()  # records, does not run
     for k, v in saved.items():  # undo the warm-up step (it rewrote token t's column; replay writes it again)
         getattr(d, k).copy_(v)
     return graph
