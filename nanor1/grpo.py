@@ -241,8 +241,6 @@ class GRPOConfig:
     def __post_init__(self):
         if self.decode_mode not in DECODE_MODES:
             raise ValueError(f"decode_mode must be one of {DECODE_MODES}, got {self.decode_mode!r}")
-        if self.replay_routing and self.dynamic_sampling:
-            raise ValueError("replay_routing with dynamic_sampling is not supported yet (merged groups drop routing)")
 
 
 def _world() -> tuple[int, bool]:
@@ -298,11 +296,22 @@ def merge_groups(parts, n_max: int):
 
     def cat(get, pad):
         return torch.cat([torch.nn.functional.pad(get(ro)[r], (0, T - get(ro).size(1)), value=pad) for ro, r in rows])
+
+    routing = None
+    if rows[0][0].sample.routing is not None:
+        # per MoE layer [N_i, P_i + T_i - 1, K], P_i a part's prompt padding: pad the prompt columns on the left to
+        # the widest P and the completion columns on the right to T (pack() drops the left columns no row needs)
+        def prompt_width(ro):
+            return ro.sample.routing[0].size(1) - ro.sample.tokens.size(1) + 1
+        P = max(prompt_width(ro) for ro, _ in rows)
+        routing = [torch.cat([torch.nn.functional.pad(ro.sample.routing[m][r], (0, 0, P - prompt_width(ro),
+                                                                                 T - ro.sample.tokens.size(1)))
+                              for ro, r in rows]) for m in range(len(rows[0][0].sample.routing))]
     sample = Rollout(prompts=[ro.sample.prompts[j] for ro, r in rows for j in r],
                      tokens=cat(lambda ro: ro.sample.tokens, 0), logprobs=cat(lambda ro: ro.sample.logprobs, 0.0),
                      mask=cat(lambda ro: ro.sample.mask, False),
                      finish_reason=[ro.sample.finish_reason[j] for ro, r in rows for j in r],
-                     temperature=rows[0][0].sample.temperature)
+                     temperature=rows[0][0].sample.temperature, routing=routing)
     return Rollouts(problems=probs, group_size=G, sample=sample, texts=[ro.texts[j] for ro, r in rows for j in r],
                     rewards=torch.cat([ro.rewards[r] for ro, r in rows]),
                     components={k: [ro.components[k][j] for ro, r in rows for j in r] for k in rows[0][0].components})

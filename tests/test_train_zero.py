@@ -75,8 +75,29 @@ def test_rl_step_replays_the_samplers_moe_routing(tokenizer, replay):
     m = rl_step(model, optimizer, tokenizer, problems, reward_that_moves_the_router,
                 GRPOConfig(group_size=4, max_new_tokens=8, replay_routing=replay), seed=0)
     assert (m["logp_diff"] < 1e-4) == replay, m["logp_diff"]
-    with pytest.raises(ValueError, match="dynamic_sampling"):
-        GRPOConfig(replay_routing=True, dynamic_sampling=True)
+
+
+def test_routing_replay_survives_dynamic_sampling(tokenizer):
+    """Groups with equal rewards are dropped and refilled with longer questions (a wider prompt padding); the merged
+    batch must still carry each row's own routing."""
+    model = tiny_model(tokenizer.vocab_size)
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.0)
+    problems = make_task("arithmetic", n_terms=3).sample("train", 3, seed=3)
+    flat = {problems[0].question, problems[2].question}                      # these groups get no variance
+
+    def reward(texts, probs):
+        torch.manual_seed(0)
+        for moe in model.moe_layers():
+            moe.gate.bias.normal_(0, 1.0)
+        values = [0.0 if p.question in flat else v for v, p in zip(digit_share(texts, probs)[0], probs)]
+        return values, {"digits": values}
+
+    def refill(n):
+        return make_task("arithmetic", n_terms=6).sample("train", n, seed=9)
+    cfg = GRPOConfig(group_size=4, max_new_tokens=8, replay_routing=True, dynamic_sampling=True)
+    m = rl_step(model, optimizer, tokenizer, problems, reward, cfg, seed=0, refill=refill)
+    assert m["sampled_groups"] > 3 and m["zero_variance_groups"] == 0, m
+    assert m["logp_diff"] < 1e-4, m["logp_diff"]
 
 
 def test_resume_gives_the_same_next_step(tmp_path, tokenizer):
