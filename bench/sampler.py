@@ -27,8 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nanor1.model import Transformer, get_config  # noqa: E402
 from nanor1.sampler import attention_kernels, generate, kv_bytes_per_token, left_pad, sample  # noqa: E402
 
-# the presets benchmarked; "tiny-gqa" is the dense GQA student shape at tiny size
-MODELS = {"tiny": ("tiny", {}), "tiny-gqa": ("tiny", dict(attn="gqa", n_routed_experts=0, n_kv_heads=2))}
+# the presets benchmarked besides those of model.py: the two attention/FFN families at tiny size, where a CPU step is
+# all overhead, and at ~30M parameters ("mini"), where the arithmetic a cache saves starts to show on a CPU
+MINI = dict(dim=512, n_layers=8, n_heads=8, vocab_size=8192, inter_dim=1536)
+MODELS = {"tiny": ("tiny", {}), "tiny-gqa": ("tiny", dict(attn="gqa", n_routed_experts=0, n_kv_heads=2)),
+          "mini": ("tiny", MINI | dict(kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
+                                       n_routed_experts=16, n_activated_experts=4, moe_inter_dim=256)),
+          "mini-gqa": ("tiny", MINI | dict(attn="gqa", n_routed_experts=0, n_kv_heads=2, head_dim=64))}
 # decode modes (generate() arguments); "cached" is the eager reference
 MODES = {"cached": dict(), "static": dict(decode_mode="static"), "compiled": dict(compile=True),
          "graph": dict(decode_mode="cuda_graph"), "graph+compile": dict(decode_mode="cuda_graph", compile=True)}
