@@ -382,8 +382,12 @@ class Gate(nn.Module):
 
 def grouped_mm(x, w, counts):
     """Row-blocks of x [M, A] (sorted by expert, counts [E]) times their expert's w [E, A, Bo] -> [M, Bo].
-    On CUDA this is one grouped GEMM; elsewhere the blocks are padded into [E, max_count, A] for one bmm."""
-    if x.is_cuda and hasattr(F, "grouped_mm") and x.dtype == torch.bfloat16:
+    In bf16 this is one grouped GEMM (F.grouped_mm; on CPU only without autograd: its CPU backward fails in torch 2.13,
+    "Invalid strides/sizes"). Otherwise the blocks are padded into [E, max_count, A] for one bmm, a shape that needs
+    the busiest expert's count on the host (so that path cannot be captured in a CUDA graph)."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+    aligned = x.size(1) % 8 == 0 and w.size(2) % 8 == 0                         # 16-byte rows in bf16
+    if hasattr(F, "grouped_mm") and x.dtype == torch.bfloat16 and aligned and (x.is_cuda or not grad):
         return F.grouped_mm(x, w.to(x.dtype), offs=counts.cumsum(0).to(torch.int32))  # autocast skips grouped_mm
     E, M = w.size(0), x.size(0)
     starts = counts.cumsum(0) - counts                                          # [E]

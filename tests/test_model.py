@@ -56,6 +56,25 @@ def test_batched_experts_equal_loop():
     torch.testing.assert_close(batched, loop, atol=1e-6, rtol=1e-6)
 
 
+def test_grouped_mm_paths_equal_per_expert_matmuls(monkeypatch):
+    """F.grouped_mm (bf16 inference) and the padded bmm (fp32, or when a gradient is needed) both equal one matmul per
+    expert."""
+    from nanor1.model import grouped_mm
+    torch.manual_seed(0)
+    counts = torch.tensor([3, 0, 5, 1, 0, 2])                                 # empty experts included
+    x, w = torch.randn(int(counts.sum()), 16).bfloat16(), torch.randn(6, 16, 8).bfloat16()
+    ref = torch.cat([xe.float() @ w[e].float() for e, xe in enumerate(x.split(counts.tolist()))])
+    calls = []
+    real = torch.nn.functional.grouped_mm
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        fused = grouped_mm(x, w, counts)
+    padded = grouped_mm(x, w.requires_grad_(), counts)
+    assert len(calls) == 1                                                    # the fused path ran once, for `fused`
+    for out in (fused, padded, grouped_mm(x.float(), w.float(), counts)):
+        torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.02)
+
+
 def test_batched_experts_gradients_equal_loop():
     model = make(**MOE_MLA)
     moe = model.moe_layers()[0]

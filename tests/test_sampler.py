@@ -261,6 +261,29 @@ def test_static_forward_equals_sliced_forward(model):
         model(tokens[:, :1], start=torch.tensor(0))
 
 
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_static_step_needs_no_host(kind, monkeypatch):
+    """CUDA-graph capture needs a decode step with no host sync and no data-dependent shape. On CPU, dynamo reports
+    both as graph breaks, so the static step (model, sampling and bookkeeping) must trace as one graph. bf16, so that
+    the MoE takes the grouped GEMM as it does on a GPU."""
+    import torch._dynamo as dynamo
+    from nanor1 import sampler
+
+    class Traced(Exception):
+        pass
+
+    def explain_instead_of_capture(step, d):
+        raise Traced(dynamo.explain(step)())
+    monkeypatch.setattr(sampler, "_cuda_graph", explain_instead_of_capture)
+    model = make_model(kind).to(torch.bfloat16)
+    sampling = dict(temperature=0.9, top_p=0.9, top_k=20, greedy=False)
+    with torch.no_grad(), pytest.raises(Traced) as traced:  # called below generate(), which refuses a CPU model
+        sampler._generate(model, PROMPTS, 8, sampling, torch.tensor([3, 4]), None, 2, 0, True, 4, "cuda_graph", False)
+    report = traced.value.args[0]
+    assert report.graph_count == 1 and report.graph_break_count == 0, report.break_reasons
+    dynamo.reset()
+
+
 def test_cuda_graph_mode_errors_off_cuda():
     model = make_model("gqa_dense")
     with pytest.raises(ValueError, match="CUDA device"):
