@@ -87,7 +87,7 @@ def get_args(argv=None):
     # run
     p.add_argument("--device", default="auto")
     p.add_argument("--decode-mode", default="eager", help="sampler decode step: eager | static | cuda_graph (GPU: "
-                   "one CUDA graph launch per token)")
+                   "one CUDA graph launch per token; MoE models need bf16 weights)")
     p.add_argument("--seed", type=int, default=1234)
     return p.parse_args(argv)
 

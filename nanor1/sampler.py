@@ -258,10 +258,12 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
     if decode_mode == "cuda_graph":
         if device.type != "cuda":
             raise ValueError(f"decode_mode='cuda_graph' needs the model on a CUDA device, it is on {device}")
-        if model.moe_layers() and (model.embed.weight.dtype != torch.bfloat16 or not model.moe_layers()[0].batched):
+        bf16 = model.embed.weight.dtype == torch.bfloat16 or (
+            torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16)
+        if model.moe_layers() and not (bf16 and model.moe_layers()[0].batched):
             # the fp32 expert path pads to the busiest expert's count, a shape only the host can know
-            raise ValueError("decode_mode='cuda_graph' with MoE layers needs bfloat16 weights and batched experts "
-                             "(F.grouped_mm); use decode_mode='static' or 'eager' otherwise")
+            raise ValueError("decode_mode='cuda_graph' with MoE layers needs batched experts in bfloat16 (bf16 "
+                             "weights or bf16 autocast: F.grouped_mm); use decode_mode='static' or 'eager' otherwise")
     stops = StopStrings(stop_strings, decode) if stop_strings is not None else None
     eos = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
     eos = torch.tensor(eos, dtype=torch.long, device=device)
