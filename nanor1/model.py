@@ -316,8 +316,8 @@ class GQA(nn.Module):
         # query head h = kv * rep + r attends with KV head kv. Decode then reads the cache once, not rep times.
         rep = self.n_heads // self.n_kv
         q = q.view(B, T, self.n_kv, rep, self.hd).permute(0, 2, 3, 1, 4).reshape(B, self.n_kv, rep * T, self.hd)
-        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=mask.repeat(1, 1, rep, 1))  # [B, Hk, rep*T, Dh]
+        mask = mask if T == 1 else mask.repeat(1, 1, rep, 1)  # [B, 1, rep*T, S]; one query row broadcasts as it is
+        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)  # [B,Hk,rep*T,Dh]
         out = out.view(B, self.n_kv, rep, T, self.hd).permute(0, 3, 1, 2, 4)        # [B, T, Hk, rep, Dh]
         return self.wo(out.reshape(B, T, self.n_heads * self.hd))                   # [B, T, D]
 

@@ -398,8 +398,10 @@ def _generate(model, prompts, max_new_tokens, sampling, eos, stops, G, seed, rec
     seen = [[] for _ in range(N)]                                         # host copy of each row, for stops
     checked = 0                                                           # steps already copied to the host
     for t in range(T):
-        if t > 0:
-            graph.replay() if graph is not None else step(t)
+        if t > 0 and graph is not None:
+            graph.replay()                                                # the captured step, on d's tensors
+        elif t > 0:
+            step(t)
         if (t + 1) % check_every == 0 or t == T - 1:  # the only host syncs of the loop
             if stops is not None:
                 _apply_stop_strings(stops, d.out_tok[:, checked:t + 1], seen, d.lengths, d.done)
