@@ -1,6 +1,6 @@
 """
 Sampler throughput: generated tokens/s of cached decode vs full recompute, KV-cache bytes per token (MLA vs an
-equal multi-head cache), and on a GPU the fraction of the memory-bandwidth bound that decode reaches.
+equal multi-head cache), and the fraction of the memory-bandwidth bound that decode reaches.
 
     python bench/sampler.py --quick                                  # CPU, tiny models, under a minute
     python bench/sampler.py                                          # CPU, tiny models, full sizes
@@ -12,6 +12,7 @@ Weights are random (speed does not depend on them) and no row stops early (eos_i
 Measured: `total` = one generate() call, prefill included; `decode` = total minus a generate() of one token (the
 prefill), per remaining token. The bandwidth bound of one decode step is (weight bytes read + KV bytes read) /
 bandwidth, with every routed expert that the batch could touch counted as read; `bw frac` = bound / measured step.
+The bandwidth is measured (a 512 MiB copy) unless --bandwidth gives it.
 Targets: cached >= 10x recompute at 256 new tokens; batch 8 >= 5x the tokens/s of batch 1; qwen2.5-0.5b on one
 H100 at batch 256 and 1k context >= 100k tokens/s.
 """
@@ -79,6 +80,14 @@ def generate_recompute(model, prompts, n: int, seed: int = 0):
     return tokens
 
 
+def measure_bandwidth(device, nbytes: int = 2 ** 29) -> float:
+    """Bytes/s of a large device-to-device copy (each byte read once and written once), best of 5."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return 2 * nbytes / min(timed(lambda: dst.copy_(src), device) for _ in range(5))
+
+
 def weight_bytes_per_step(model, rows: int) -> int:
     """Bytes of weights one decode step reads: all but the embedding table (only `rows` rows of it are read,
     unless tied to the head) and, per MoE layer, the routed experts the batch can touch (at most rows * K)."""
@@ -128,7 +137,7 @@ def bench_model(name, args, device, dtype) -> list[dict]:
             step = decode / (T - 1)
             bound = (weight_bytes_per_step(model, B) + B * (P + T / 2) * kv) / args.bandwidth
             r.update(decode_tok_s=B / step, step_ms=step * 1e3,
-                     bw_frac=bound / step if device.type == "cuda" else None)
+                     bw_frac=bound / step)
         results.append(r)
         print(fmt(r), flush=True)
         return r
@@ -190,7 +199,7 @@ def main():
     ap.add_argument("--recompute-new-tokens", type=int, default=256, help="new tokens for the recompute comparison")
     # hardware
     ap.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: cpu float32, cuda bfloat16)")
-    ap.add_argument("--bandwidth", type=float, default=3.0e12, help="memory bandwidth in bytes/s (H100 as measured)")
+    ap.add_argument("--bandwidth", type=float, default=None, help="memory bandwidth in bytes/s (default: measured)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
@@ -211,8 +220,9 @@ def main():
         args.prompt_len = args.prompt_len or (512 if cuda else 32)
         args.new_tokens = args.new_tokens or (512 if cuda else 128)
         args.recompute_batches = ints("1,8" if args.recompute_batches is None else args.recompute_batches)
+    args.bandwidth = args.bandwidth or measure_bandwidth(device)
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if cuda else 'cpu'}, "
-          f"threads {torch.get_num_threads()}, dtype {dtype}")
+          f"threads {torch.get_num_threads()}, dtype {dtype}, memory bandwidth {args.bandwidth / 1e9:.1f} GB/s")
     print(json.dumps({k: v for k, v in vars(args).items()}))
 
     kv = kv_table()
