@@ -165,6 +165,24 @@ def bench_model(name, args, device, dtype) -> list[dict]:
         rec = row("recompute", B, args.prompt_len, T, timed(lambda: generate_recompute(model, ps, T), device))
         cached["speedup_vs_recompute"] = rec["total_s"] / cached["total_s"]
         print(f"{name} batch {B}, {T} new tokens: cached is {cached['speedup_vs_recompute']:.1f}x recompute")
+    if args.ragged_mean:  # RL-like lengths: ~uniform samples of random weights hit one of V/mean EOS ids per step
+        B, T, eos = args.ragged_batch, args.new_tokens, list(range(1, 1 + max(1, V // args.ragged_mean)))
+        ps, times = prompts(B, args.prompt_len), {}
+        for compact in (False, True):
+            kw = dict(temperature=1.0, seed=0, eos_id=eos, compact=compact) | MODES[args.modes[-1]]
+            generate(model, ps, max_new_tokens=8, **kw)
+            out = {}
+            total = timed(lambda: out.setdefault("ro", generate(model, ps, max_new_tokens=T, **kw)), device)
+            lengths = out["ro"].mask.sum(1)
+            r = dict(model=name, device=device.type, dtype=str(dtype).replace("torch.", ""), batch=B,
+                     prompt=args.prompt_len, new=T, total_s=total, gen_tok_s=int(lengths.sum()) / total,
+                     mode=("compact" if compact else "no-compact"), mean_len=lengths.float().mean().item(),
+                     max_len=int(lengths.max()))
+            results.append(r)
+            times[compact] = total
+            print(fmt(r), flush=True)
+        print(f"{name} batch {B}, ragged lengths (mean {r['mean_len']:.0f}, max {r['max_len']}): dropping finished "
+              f"rows is {times[False] / times[True]:.2f}x faster")
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -197,6 +215,9 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=None, help="generated tokens (default cpu 128, cuda 512)")
     ap.add_argument("--recompute-batches", default=None, help="batches timed against recompute (default 1,8; '' for none)")
     ap.add_argument("--recompute-new-tokens", type=int, default=256, help="new tokens for the recompute comparison")
+    ap.add_argument("--ragged-mean", type=int, default=None, help="mean length of the ragged-length run, compaction "
+                    "on vs off (default new-tokens / 4; 0 for none)")
+    ap.add_argument("--ragged-batch", type=int, default=64, help="rows of the ragged-length run")
     # hardware
     ap.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: cpu float32, cuda bfloat16)")
     ap.add_argument("--bandwidth", type=float, default=None, help="memory bandwidth in bytes/s (default: measured)")
@@ -220,6 +241,7 @@ def main():
         args.prompt_len = args.prompt_len or (512 if cuda else 32)
         args.new_tokens = args.new_tokens or (512 if cuda else 128)
         args.recompute_batches = ints("1,8" if args.recompute_batches is None else args.recompute_batches)
+    args.ragged_mean = args.new_tokens // 4 if args.ragged_mean is None else args.ragged_mean
     args.bandwidth = args.bandwidth or measure_bandwidth(device)
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if cuda else 'cpu'}, "
           f"threads {torch.get_num_threads()}, dtype {dtype}, memory bandwidth {args.bandwidth / 1e9:.1f} GB/s")

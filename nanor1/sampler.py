@@ -17,7 +17,9 @@ How generation works
   column only. For GRPO groups the prompt's cache is then copied into its G rows (repeat_interleave; rows are
   prompt-major: p0s0, p0s1, .., p1s0, ..).
 - Decode feeds one token per row per step; MLA takes its absorbed path, attending in latent space over a cache of
-  only c_kv and the rope key. Finished rows keep running (the batch shape stays fixed) but emit PAD and are masked.
+  only c_kv and the rope key. Finished rows keep running (they emit PAD and are masked) until a host check finds
+  them a quarter of the batch (COMPACT_AT); then they leave it, so a long tail of a few long completions is decoded
+  at a small batch size (RL completions vary a lot in length). Outputs are kept for all rows throughout.
 - Stopping. EOS ids are checked on the device at every step, with no host sync. Whatever needs the host (are all
   rows done? did a stop string appear?) happens once every `check_every` steps. Stop strings are matched on text,
   not token ids, because one string can be spelled by many token sequences: for each running row, only tokens whose
@@ -58,6 +60,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 PAD = 0                # written after a row stops; masked everywhere, so any valid id would do
 PREFILL_TOKENS = 2 ** 16  # prefill at most this many prompt tokens at once (bounds the activations' memory)
+COMPACT_AT = 0.25         # drop finished rows from the decode batch once they are this share of it
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Rollout:
     finish_reason: list[str]         # per row: "stop" (EOS or stop string) or "length" (hit max_new_tokens)
     temperature: float               # the temperature of `logprobs`: give the same one to token_logprobs
     routing: list[torch.Tensor] | None = None  # per MoE layer [N, P + T - 1, K] int16, columns as in pack()
+    # (columns past a row's last token are unspecified: no scored token depends on them)
 
     def completions(self) -> list[list[int]]:
         """The generated ids of each row, without padding."""
@@ -223,14 +227,16 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
              top_k: int = 0, greedy: bool = False, eos_id: int | Sequence[int] | None = None,
              stop_strings: Sequence[str] | None = None, decode: Callable[[list[int]], str] | None = None,
              group_size: int = 1, seed: int | Sequence[int] | None = None, record_routing: bool = False,
-             check_every: int = 8, decode_mode: str = "eager", compile: bool = False) -> Rollout:
+             check_every: int = 8, compact: bool = True, decode_mode: str = "eager",
+             compile: bool = False) -> Rollout:
     """Complete each prompt group_size times; returns a Rollout with N = len(prompts) * group_size rows.
 
     Rows stop at an eos_id token or once their text contains a stop string (decode: ids -> text; needed with
     stop_strings), else after max_new_tokens. greedy takes the argmax; otherwise tokens are drawn from
     softmax(logits / temperature), truncated by top_k / top_p. seed: int, or one int per prompt (see module
     docstring); None draws one from torch's global RNG. record_routing keeps the MoE expert choice of every token.
-    check_every: decode steps between host syncs (all rows done? stop strings?).
+    check_every: decode steps between host syncs (all rows done? stop strings?). compact: at a check, drop the
+    finished rows from the batch once they are COMPACT_AT of it (same outputs, less work for the rest).
     decode_mode: "eager" (the reference), "static" (fixed shapes: attend over all cache slots, masked) or
     "cuda_graph" (the static step captured once and replayed; CUDA only). compile: torch.compile the model's step.
     The model runs in eval mode under no_grad, and gets its mode back afterwards.
@@ -274,38 +280,42 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
     try:
         with attention_kernels():
             return _generate(model, prompts, max_new_tokens, dict(temperature=temperature, top_p=top_p, top_k=top_k,
-                             greedy=greedy), eos, stops, group_size, seed, record, check_every, decode_mode, compile)
+                             greedy=greedy), eos, stops, group_size, seed, record, check_every, compact, decode_mode,
+                             compile)
     finally:
         model.train(was_training)
 
 
 @dataclass
 class _Decoding:
-    """The decode loop's state: tensors only, updated in place, so that a captured CUDA graph replays steps on them."""
-    cache: list[dict]                # per layer, [N, S, ...]
-    key_mask: torch.Tensor           # [N, S] bool: real prompt slots and every generated slot
-    routing: list[torch.Tensor] | None  # per MoE layer [N, S, K] int16
+    """The decode loop's state: tensors only, updated in place, so that a captured CUDA graph replays steps on them.
+    The batch holds n <= N running rows (finished rows are dropped by _compact); outputs are kept for all N rows."""
+    rows: torch.Tensor               # [n] long: which of the N rows each batch row is
+    cache: list[dict]                # per layer, [n, S, ...]
+    key_mask: torch.Tensor           # [n, S] bool: real prompt slots and every generated slot
+    tok: torch.Tensor                # [n] long: the last sampled token of each row (fed next)
+    pos: torch.Tensor                # [n] long: the RoPE position of that token
+    t: torch.Tensor                  # [] long: the index of the next token to sample
     u: torch.Tensor | None           # [T, N] float64 uniforms (None when greedy)
     eos: torch.Tensor                # [n_eos] long
-    tok: torch.Tensor                # [N] long: the last sampled token of each row (fed next)
-    pos: torch.Tensor                # [N] long: the RoPE position of that token
-    t: torch.Tensor                  # [] long: the index of the next token to sample
     out_tok: torch.Tensor            # [N, T] long
     out_logp: torch.Tensor           # [N, T] float32
     lengths: torch.Tensor            # [N] long: tokens generated while not done
     done: torch.Tensor               # [N] bool
+    routing: list[torch.Tensor] | None  # per MoE layer [N, S, K] int16
 
 
 def _pick(d: _Decoding, logits, sampling: dict):
     """Sample token t of every row from logits [N, V] and record it, then t += 1. Static shapes, no host sync."""
-    t = d.t.view(1)
-    u = None if d.u is None else d.u.index_select(0, t)[0]                   # [N]
+    rows, col = d.rows, d.t.expand(d.rows.size(0))                           # [n], [n]: where this step writes
+    u = None if d.u is None else d.u[col, rows]                               # [n]
     tok, logp = sample(logits, u, **sampling)
-    tok = tok.masked_fill(d.done, PAD)
-    d.out_tok.index_copy_(1, t, tok[:, None])
-    d.out_logp.index_copy_(1, t, logp.masked_fill(d.done, 0.0)[:, None])
-    d.lengths += ~d.done
-    d.done |= (tok[:, None] == d.eos).any(-1)                                # [N]: hit one of the EOS ids
+    done = d.done[rows]                                                       # [n]
+    tok = tok.masked_fill(done, PAD)
+    d.out_tok.index_put_((rows, col), tok)
+    d.out_logp.index_put_((rows, col), logp.masked_fill(done, 0.0))
+    d.lengths.index_add_(0, rows, (~done).long())
+    d.done.index_put_((rows,), done | (tok[:, None] == d.eos).any(-1))       # hit one of the EOS ids
     d.tok.copy_(tok)
     d.t += 1
 
@@ -316,10 +326,18 @@ def _decode_step(model, d: _Decoding, P: int, sampling: dict, forward, start):
     logits, r = forward(model, d.tok[:, None], d.pos[:, None], d.key_mask, d.cache, start, d.routing is not None)
     d.pos += 1
     if r is not None:
-        slot = (P + d.t - 1).view(1)
+        slot = (P + d.t - 1).expand(d.rows.size(0))                           # [n]
         for m, rm in enumerate(r):
-            d.routing[m].index_copy_(1, slot, rm.to(torch.int16))            # rm [N, 1, K]
+            d.routing[m].index_put_((d.rows, slot), rm[:, 0].to(torch.int16))  # rm [n, 1, K]
     _pick(d, logits, sampling)
+
+
+def _compact(d: _Decoding):
+    """Drop the finished rows from the batch (their outputs are already written): later steps cost less. A host sync,
+    done only at a check."""
+    keep = (~d.done[d.rows]).nonzero().squeeze(1)                             # [n']
+    d.rows, d.tok, d.pos, d.key_mask = d.rows[keep], d.tok[keep], d.pos[keep], d.key_mask[keep]
+    d.cache = [{k: c[keep] for k, c in layer.items()} for layer in d.cache]
 
 
 def _cuda_graph(step, d: _Decoding):
@@ -341,8 +359,8 @@ def _cuda_graph(step, d: _Decoding):
     return graph
 
 
-def _generate(model, prompts, max_new_tokens, sampling, eos, stops, G, seed, record, check_every, decode_mode,
-              compile) -> Rollout:
+def _generate(model, prompts, max_new_tokens, sampling, eos, stops, G, seed, record, check_every, compact,
+              decode_mode, compile) -> Rollout:
     """generate()'s loop, on checked arguments."""
     cfg, device = model.cfg, model.embed.weight.device
     B = len(prompts)
@@ -376,25 +394,28 @@ def _generate(model, prompts, max_new_tokens, sampling, eos, stops, G, seed, rec
 
     T = max_new_tokens
     d = _Decoding(
-        cache=cache, key_mask=key_mask, routing=routing, eos=eos,
-        u=None if sampling["greedy"] else _uniforms(seed, B, G, T).to(device),  # [T, N]
+        rows=torch.arange(N, device=device), cache=cache, key_mask=key_mask,
         tok=torch.zeros(N, dtype=torch.long, device=device),
         pos=torch.tensor([len(p) for p in prompts], device=device).repeat_interleave(G),  # token 0's position
         t=torch.zeros((), dtype=torch.long, device=device),
+        u=None if sampling["greedy"] else _uniforms(seed, B, G, T).to(device),  # [T, N]
+        eos=eos,
         out_tok=torch.full((N, T), PAD, dtype=torch.long, device=device),
         out_logp=torch.zeros(N, T, dtype=torch.float32, device=device),
         lengths=torch.zeros(N, dtype=torch.long, device=device),
-        done=torch.zeros(N, dtype=torch.bool, device=device))
+        done=torch.zeros(N, dtype=torch.bool, device=device),
+        routing=routing)
     _pick(d, logits, sampling)                                            # token 0, from the prefill
 
     static = decode_mode != "eager"
     forward = _fast(_forward_last, dynamic=not static) if compile else _forward_last
 
-    def step(t: int):  # feed token t - 1 (cache slot P + t - 1) and sample token t
+    def step(t: int | None = None):  # feed token t - 1 (cache slot P + t - 1) and sample token t
         # static: the slot is computed on the device from d.t, so a captured graph finds it anew at every replay
         _decode_step(model, d, P, sampling, forward, P + d.t - 1 if static else P + t - 1)
 
-    graph = _cuda_graph(lambda: step(1), d) if decode_mode == "cuda_graph" and T > 1 else None
+    capture = decode_mode == "cuda_graph" and T > 1
+    graph = _cuda_graph(step, d) if capture else None
     seen = [[] for _ in range(N)]                                         # host copy of each row, for stops
     checked = 0                                                           # steps already copied to the host
     for t in range(T):
@@ -406,8 +427,12 @@ def _generate(model, prompts, max_new_tokens, sampling, eos, stops, G, seed, rec
             if stops is not None:
                 _apply_stop_strings(stops, d.out_tok[:, checked:t + 1], seen, d.lengths, d.done)
                 checked = t + 1
-            if bool(d.done.all()):
+            running = int((~d.done[d.rows]).sum())
+            if running == 0:
                 break
+            if compact and running <= (1 - COMPACT_AT) * d.rows.numel() and t < T - 1:
+                _compact(d)
+                graph = _cuda_graph(step, d) if capture else None        # new shapes: capture anew
 
     lengths = d.lengths
     T = max(1, int(lengths.max()))

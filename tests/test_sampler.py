@@ -261,6 +261,32 @@ def test_static_forward_equals_sliced_forward(model):
         model(tokens[:, :1], start=torch.tensor(0))
 
 
+@pytest.mark.parametrize("mode", ["eager", "static"])
+def test_dropping_finished_rows_changes_nothing(model, mode, monkeypatch):
+    """Compaction (finished rows leave the decode batch) gives the same tokens, log-probs, routing and finish
+    reasons as decoding every row to the end."""
+    from nanor1 import sampler
+    calls = []
+    real = sampler._compact
+    monkeypatch.setattr(sampler, "_compact", lambda d: calls.append(d.rows.numel()) or real(d))
+    kw = dict(max_new_tokens=20, temperature=1.2, group_size=3, seed=[1, 2, 3, 4], record_routing=True,
+              check_every=2, decode_mode=mode)
+    free = generate(model, PROMPTS, compact=False, **kw)
+    eos = sorted({free.tokens[i, 2 + i].item() for i in range(0, 12, 2)})  # rows stop at many different steps
+    kw |= dict(eos_id=eos, stop_strings=["#"],
+               decode=lambda ids: "".join("#" if i == free.tokens[3, 8].item() else "." for i in ids))
+    full = generate(model, PROMPTS, compact=False, **kw)
+    assert not calls
+    dropped = generate(model, PROMPTS, compact=True, **kw)
+    assert len(calls) >= 2 and calls[0] == 12                                 # it compacted, more than once
+    assert dropped.tokens.tolist() == full.tokens.tolist() and dropped.finish_reason == full.finish_reason
+    torch.testing.assert_close(dropped.logprobs, full.logprobs, atol=1e-5, rtol=0)
+    if full.routing is not None:  # the columns that feed a scored token (past a row's end nothing reads them)
+        P = max(map(len, PROMPTS))
+        for i, n in enumerate(full.mask.sum(1).tolist()):
+            assert all(torch.equal(a[i, :P + n - 1], b[i, :P + n - 1]) for a, b in zip(dropped.routing, full.routing))
+
+
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_static_step_needs_no_host(kind, monkeypatch):
     """CUDA-graph capture needs a decode step with no host sync and no data-dependent shape. On CPU, dynamo reports
@@ -278,7 +304,8 @@ def test_static_step_needs_no_host(kind, monkeypatch):
     model = make_model(kind).to(torch.bfloat16)
     sampling = dict(temperature=0.9, top_p=0.9, top_k=20, greedy=False)
     with torch.no_grad(), pytest.raises(Traced) as traced:  # called below generate(), which refuses a CPU model
-        sampler._generate(model, PROMPTS, 8, sampling, torch.tensor([3, 4]), None, 2, 0, True, 4, "cuda_graph", False)
+        sampler._generate(model, PROMPTS, 8, sampling, torch.tensor([3, 4]), None, 2, 0, True, 4, True, "cuda_graph",
+                          False)
     report = traced.value.args[0]
     assert report.graph_count == 1 and report.graph_break_count == 0, report.break_reasons
     dynamo.reset()
