@@ -551,8 +551,7 @@ class Transformer(nn.Module):
         last_only: logits for the last column only, [B, 1, V] (prefill needs no more).
         """
         B, T = tokens.shape
-        static = torch.is_tensor(start)
-        if static and (cache is None or pos is None or key_mask is None):
+        if torch.is_tensor(start) and (cache is None or pos is None or key_mask is None):
             raise ValueError("a tensor start (static shapes) needs cache, pos and key_mask [B, S] over all cache slots")
         if pos is None:
             if start + T > self.cfg.max_seq_len:
@@ -560,7 +559,7 @@ class Transformer(nn.Module):
             pos = torch.arange(start, start + T, device=tokens.device).expand(B, T)
         if absorb is None:
             absorb = cache is not None and T == 1
-        if key_mask is None and cache is None and not static and start == 0:
+        if key_mask is None and cache is None and start == 0:
             mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()[None, None]  # [1, 1, T, T]
         else:
             if key_mask is None:
