@@ -45,12 +45,13 @@ the weights and the cache. decode_mode picks the step:
 - "static": the same step with fixed shapes: the cache slot to write is a device tensor (index_copy_) and attention
   runs over all S slots, the ones not written yet masked; sampling and bookkeeping write at a tensor position too.
   Nothing in the step depends on the host, so it can be captured. Tests check it equals "eager" on CPU.
-- "cuda_graph": the static step recorded once per generate() call as a CUDA graph and replayed: one launch per step.
+- "cuda_graph": the static step recorded as a CUDA graph (once per generate() call, and again after each
+  compaction, which changes the batch shape) and replayed: one launch per step.
 compile=True runs the model's step through torch.compile (dynamic shapes for "eager", fixed for the others).
 Generation runs with every SDPA kernel but cuDNN's (attention_kernels: cuDNN plans anew for each key length).
 
-Shape letters: B prompts, G group size, N = B*G rows, P padded prompt length, T new tokens, S cache slots,
-V vocab, K experts per token.
+Shape letters: B prompts, G group size, N = B*G rows, n <= N rows still in the decode batch, P padded prompt length,
+T new tokens, S cache slots, V vocab, K experts per token.
 """
 from dataclasses import dataclass
 from typing import Callable, Sequence
