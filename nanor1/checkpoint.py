@@ -24,9 +24,9 @@ distillation students). This file is the only place that knows HF names; model.p
     transformers' (rope_parameters).
 Deviations and limits: MTP layers of a DeepSeek checkpoint (model.layers.{n_layers}.*, num_nextn_predict_layers)
 are skipped, so an HF load has n_mtp=0. FP8 checkpoints (quantization_config) must be dequantized first. Options
-nanor1 cannot reproduce exactly are errors, never silently approximated: RoPE types other than YaRN (llama3,
-linear, dynamic: so R1-Distill-Llama's llama3 RoPE is refused), YaRN on GQA models (transformers scales their
-cos/sin), mscale != mscale_all_dim, moe_layer_freq != 1, sliding windows, biases nanor1 has no slot for.
+nanor1 cannot reproduce exactly are errors, never silently approximated: RoPE types other than YaRN and llama3
+(linear, dynamic, longrope), YaRN on GQA models (transformers scales their cos/sin), llama3 on MLA models,
+mscale != mscale_all_dim, moe_layer_freq != 1, sliding windows, biases nanor1 has no slot for.
 """
 import importlib.util
 import json
@@ -224,9 +224,17 @@ def _rope_fields(hf: dict, attn: str, where: str) -> dict:
         raise NotImplementedError(f"{where}: partial_rotary_factor != 1 is not supported")
     if kind == "default":
         return dict(rope_theta=theta, original_seq_len=max_len)  # YaRN off: nanor1 enables it beyond original_seq_len
+    if kind == "llama3" and attn == "gqa":  # Llama 3.1 / R1-Distill-Llama
+        for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+            if key not in params:
+                raise ValueError(f"{where}: llama3 rope scaling lacks {key!r}")
+        return dict(rope_theta=theta, rope_type="llama3", rope_factor=float(params["factor"]),
+                    low_freq_factor=float(params["low_freq_factor"]),
+                    high_freq_factor=float(params["high_freq_factor"]),
+                    original_seq_len=int(params["original_max_position_embeddings"]))
     if kind != "yarn" or attn != "mla":
         raise NotImplementedError(f"{where}: RoPE type {kind!r} on a {attn} model is not supported (nanor1 has plain "
-                                  "RoPE, and YaRN with DeepSeek's MLA softmax scaling)")
+                                  "RoPE, YaRN with DeepSeek's MLA softmax scaling, and llama3 on GQA models)")
     for key in ("factor", "original_max_position_embeddings"):
         if key not in params:
             raise ValueError(f"{where}: YaRN rope scaling lacks {key!r}")

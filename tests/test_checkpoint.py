@@ -1,8 +1,10 @@
 """Checkpoints: parity with transformers on tiny HF fixtures, exact round trips, atomic saves, clear errors.
 
 The fixtures in tests/fixtures/ were made by dev/make_hf_fixtures.py with the transformers library (not needed
-here): random DeepSeek-V3/V2, Qwen2 (tied, untied) and Llama models, their logits and greedy continuations.
+here): random DeepSeek-V3/V2, Qwen2 (tied, untied), Llama and Llama 3.1 (llama3 RoPE) models, their logits and
+greedy continuations.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -15,10 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import nanor1.checkpoint as ck
-from nanor1.model import ModelConfig, Transformer, get_config
+from nanor1.model import ModelConfig, Transformer, get_config, rope_tables
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-HF_FIXTURES = ["deepseek_v3", "deepseek_v2", "qwen2_tied", "qwen2_untied", "llama"]
+HF_FIXTURES = ["deepseek_v3", "deepseek_v2", "qwen2_tied", "qwen2_untied", "llama", "llama3"]
 TOL = 1e-4
 
 
@@ -79,6 +81,11 @@ def test_parity_catches_layout_mistakes(monkeypatch):
     for moe in model.moe_layers():
         moe.gate.bias.zero_()
     assert max_logit_diff(model, reference("deepseek_v3")) > 100 * TOL
+    model, _, _ = ck.load(FIXTURES / "llama3")  # plain RoPE tables instead of Llama 3.1's scaled ones
+    assert model.cfg.rope_type == "llama3"
+    plain = dataclasses.replace(model.cfg, rope_type="yarn", original_seq_len=model.cfg.max_seq_len)
+    model.cos, model.sin = rope_tables(model.cfg.head_dim, plain)
+    assert max_logit_diff(model, reference("llama3")) > 100 * TOL
 
 
 def test_hf_config_spellings_agree():
@@ -92,6 +99,20 @@ def test_hf_config_spellings_agree():
     assert cfg.max_seq_len > cfg.original_seq_len and cfg.rope_factor == 4.0  # YaRN active
     assert (cfg.routing_bias, cfg.score_func, cfg.n_expert_groups, cfg.n_limited_groups) == (True, "sigmoid", 4, 2)
     assert n_mtp == 1
+
+
+def test_llama3_rope_config():
+    """Llama 3.1's rope_scaling (published) and rope_parameters (current) agree; a missing factor is named."""
+    published = json.loads((FIXTURES / "llama3" / "config.json").read_text())
+    current = {k: v for k, v in published.items() if k not in ("rope_scaling", "rope_theta")}
+    current["rope_parameters"] = {**published["rope_scaling"], "rope_theta": published["rope_theta"]}
+    cfg, _ = ck.translate_hf_config(published)
+    assert ck.translate_hf_config(current)[0] == cfg
+    assert (cfg.rope_type, cfg.rope_factor, cfg.low_freq_factor, cfg.high_freq_factor, cfg.original_seq_len) == \
+        ("llama3", 8.0, 1.0, 4.0, 64)
+    del current["rope_parameters"]["low_freq_factor"]
+    with pytest.raises(ValueError, match="low_freq_factor"):
+        ck.translate_hf_config(current)
 
 
 # config.json of deepseek-ai/DeepSeek-V3 (without its fp8 quantization_config) and DeepSeek-V2-Lite, as published
