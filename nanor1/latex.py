@@ -8,7 +8,7 @@ Nothing here knows about answers or rewards (that is math_grader.py); this is th
     canon(s)            the whitespace-free form used for string comparison
     parse(s)            a normalised expression -> AST (tuples, listed below); ParseError if it is not one
     evaluate(ast)       its value at N_POINTS fixed points (each variable gets a fixed pseudo-random value per point)
-    split_top, find_top, split_rel, wrapped, match_brace: bracket-aware scanning of answer strings
+    split_top, find_top, split_rel, wrapped, match_brace, math_spans: bracket-aware scanning of answers and text
 
 No eval, no sympy. Everything is bounded: nesting depth (MAX_DEPTH), list sizes (MAX_ITEMS), exact rational powers
 (MAX_EXACT_BITS, then floats), number lengths; a non-finite or absurdly large value raises ArithmeticError.
@@ -113,6 +113,36 @@ def wrapped(s: str, open_: str, close: str) -> bool:
         if depth == 0 and i >= len(open_) - 1:
             return False
     return True
+
+
+def math_spans(text: str) -> list[tuple[int, int, str]]:
+    """$...$, $$...$$, \\(...\\), \\[...\\] spans in order; inline ones may not cross a newline (as in Math-Verify)."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        if text.startswith("\\$", i):
+            i += 2
+        elif text.startswith("$$", i) or text.startswith("\\[", i):
+            close = "$$" if text[i] == "$" else "\\]"
+            j = text.find(close, i + 2)
+            if j < 0:
+                break
+            out.append((i, j + 2, text[i + 2:j]))
+            i = j + 2
+        elif text[i] == "$" or text.startswith("\\(", i):
+            close, skip = ("$", 1) if text[i] == "$" else ("\\)", 2)
+            j = text.find(close, i + skip)
+            while close == "$" and j > 0 and text[j - 1] == "\\":
+                j = text.find(close, j + 1)
+            if j < 0:
+                break
+            if "\n" in text[i:j]:
+                i += skip
+                continue
+            out.append((i, j + len(close), text[i + skip:j]))
+            i = j + len(close)
+        else:
+            i += 1
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

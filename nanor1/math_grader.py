@@ -9,16 +9,22 @@ is written to never pay for a wrong answer, and never to crash or hang on what a
     extract_answer(completion)   the final answer: last <answer>...</answer>, else the later of the last \\boxed{}
                                  and the last "answer is ..." / "#### ..." phrase; None if there is none
     math_equal(pred, gold)       normalise LaTeX and parse both (latex.py: a small hand-written parser, no eval,
-                                 no sympy) into answer nodes (the named tuples of section 2), then compare: as strings, exact rationals, numbers with a tolerance, expressions
-                                 evaluated at fixed points, tuples / intervals / sets / matrices, equations and
-                                 inequalities (same solution set: the two sides' differences are proportional)
+                                 no sympy) into answer nodes (the named tuples of section 2), then compare: as
+                                 strings, exact rationals, numbers with a tolerance, expressions evaluated at fixed
+                                 points, tuples / intervals / sets / matrices, equations and inequalities (same
+                                 solution set: the two sides' differences are proportional)
     grade(text, gold_text)       extract (loosely, also from bare "$...$" or a last number) from both, then compare;
                                  for grading free text (evaluation, grader test suites), not for rewards
 
 Choices, several of them stricter on purpose than graders that evaluate anything (e.g. Math-Verify):
-- A gold written as a plain number (26, -3, 0.15, \\frac{3}{56}, 2\\frac{1}{3}, 12%) needs a plain number back:
-  "2 \\cdot 13", "30 - 4" or "52/2" for 26 are refused, and fractions must be in lowest terms, so a policy cannot
-  earn reward by copying the question's arithmetic into <answer>.
+- A gold written as a plain number (26, -3, 0.15, \\frac{3}{56}, 2\\frac{1}{3}, 12%) needs a number back:
+  "2 \\cdot 13", "30 - 4" or "52/2" for 26 are refused, so a policy cannot earn reward by copying the question's
+  arithmetic into <answer>. Numbers include unsimplified fractions that are not integers (\\frac{6}{8} for
+  \\frac34, not \\frac{10}{2} for 5) and integer powers (2^{10} for 1024).
+- The last side of an "=" chain is the answer (x = 2 + 3 = 5, \\frac{10}{2} = 5), as in Math-Verify; "x = 5"
+  answers "5" and "x = 5", not "y = 5".
+- A unit after a number is dropped (12 cm, 5 red apples, 45^\\circ), unless the word changes the value or hedges
+  (5 thousand, 3 dozen, 2 pi, 5 or more): see _NOT_UNITS. Units are not compared: 12 cm answers 12 km.
 - Integer golds compare exactly; a decimal gold accepts only values within half a unit of its last digit (and
   1e-4 relative); a decimal pred of another gold is an approximation (1e-4 relative), while two exact forms must
   agree to 1e-9 (\\frac{20001}{\\pi} is not \\frac{20000}{\\pi}); formulas are compared at 4 fixed points.
@@ -28,14 +34,13 @@ Choices, several of them stricter on purpose than graders that evaluate anything
 - A pred longer than MAX_PRED_CHARS is refused; nesting, list sizes and exact powers are capped, no regex can
   backtrack badly, and any error on the pred side means "not equal". Only an unparseable gold raises (ValueError).
 """
-import math
 import re
 from fractions import Fraction
 from functools import lru_cache
 from typing import NamedTuple
 
 from nanor1.latex import (MAX_DEPTH, MAX_ITEMS, ParseError, canon, evaluate, find_top, has_vars, match_brace,
-                          normalize, parse, split_rel, split_top, wrapped)
+                          math_spans, normalize, parse, split_rel, split_top, wrapped)
 
 MAX_PRED_CHARS = 1000      # an extracted answer longer than this is refused: no real final answer is this long
 MAX_GOLD_CHARS = 5000
@@ -127,36 +132,6 @@ def _phrase(text: str) -> tuple[int, str] | None:
     return last.start(), value
 
 
-def _math_spans(text: str) -> list[tuple[int, int, str]]:
-    """$...$, $$...$$, \\(...\\), \\[...\\] spans in order; inline ones may not cross a newline (as in Math-Verify)."""
-    out, i, n = [], 0, len(text)
-    while i < n:
-        if text.startswith("\\$", i):
-            i += 2
-        elif text.startswith("$$", i) or text.startswith("\\[", i):
-            close = "$$" if text[i] == "$" else "\\]"
-            j = text.find(close, i + 2)
-            if j < 0:
-                break
-            out.append((i, j + 2, text[i + 2:j]))
-            i = j + 2
-        elif text[i] == "$" or text.startswith("\\(", i):
-            close, skip = ("$", 1) if text[i] == "$" else ("\\)", 2)
-            j = text.find(close, i + skip)
-            while close == "$" and j > 0 and text[j - 1] == "\\":
-                j = text.find(close, j + 1)
-            if j < 0:
-                break
-            if "\n" in text[i:j]:
-                i += skip
-                continue
-            out.append((i, j + len(close), text[i + skip:j]))
-            i = j + len(close)
-        else:
-            i += 1
-    return out
-
-
 def extract_answer(completion: str, loose: bool = False) -> str | None:
     """The final answer in a completion, or None.
 
@@ -188,7 +163,7 @@ def _marked(text: str) -> str | None:
 
 
 def _loose(text: str) -> str | None:
-    spans = [s for s in _math_spans(text) if s[2].strip()]
+    spans = [s for s in math_spans(text) if s[2].strip()]
     if not spans and len(text) <= 300 and not _is_prose(text):
         return text.strip() or None  # a bare answer: "\\frac{10}{9}", "28 percent"
     span = _join_last(text, spans)
@@ -217,7 +192,7 @@ class Scalar(NamedTuple):
     values: tuple          # latex.evaluate(ast): N_POINTS values, None where undefined
     has_vars: bool
     pct: bool              # written with a percent sign
-    plain: bool            # written as a plain number (_plain_number), not as an expression
+    form: str              # how it is written (_form): "number", "power" (2^{10}) or "expr"
     tol: str               # the tolerance it asks for as a gold: "exact" (integer), "dec" (decimal), "rel"
     decimals: int          # digits after the point of a decimal gold
     approx: bool           # written with a decimal point: an approximation, compared with REL_TOL
@@ -284,8 +259,16 @@ _UNIT_WORDS = re.compile(
     r"metres?|inch(?:es)?|ft|feet|foot|yards?|miles?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|"
     r"months?|years?|dollars?|cents?|yuan|euros?|kg|kilograms?|grams?|lbs?|pounds?|ounces?|oz|liters?|litres?|"
     r"ml|mph|radians?|people|persons?|students?|ways|times)(?:\^\{?\d\}?)?\s*$")
-# a unit in \text{}: up to three words ("cm", "square units"), never "or 27" or "and"
-_UNIT_TEXT = re.compile(r"(?i)\s*(?:(?!.*\b(?:or|and|not|no)\b)[a-z]+(?:[\s./]+[a-z]+){0,2})?\s*")
+# words that change a number's value or hedge it: never dropped as a unit ("5 thousand", "3 dozen", "2 pi")
+_NOT_UNITS = (r"(?:or|and|not|no|none|than|more|less|fewer|over|under|plus|minus|divided|squared|cubed|"
+              r"factorial|roots?|sqrt|pi|inverse|reciprocal|power|mod|modulo|percent|hundreds?|thousands?|millions?|"
+              r"billions?|trillions?|dozens?|score|tens|half|halves|thirds?|quarters?|fourths?|fifths?|sixths?|"
+              r"sevenths?|eighths?|ninths?|tenths?|twelfths?|hundredths?|thousandths?|about|approximately|roughly|"
+              r"nearly|almost|around|least|most|maybe|perhaps|sin|cos|tan|sec|csc|cot|log|exp|sinh|cosh|tanh)")
+# a unit in \text{}: up to three words ("cm", "square units"), none of them one of _NOT_UNITS
+_UNIT_TEXT = re.compile(rf"(?i)\s*(?:(?!.*\b{_NOT_UNITS}\b)[a-z]+(?:[\s./]+[a-z]+){{0,2}})?\s*")
+# any other unit: one to three plain words of 3+ letters after a number ("5 apples", "3 red marbles")
+_UNIT_ANY = re.compile(rf"(?i)(?<=[\d}}])\s+(?!.*\b{_NOT_UNITS}\b)[a-z]{{3,}}(?:\s+[a-z]{{3,}}){{0,2}}\s*$")
 _THOUSANDS_RE = re.compile(r"\s*[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|\s*[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?(?![\d.])")
 
 
@@ -293,6 +276,11 @@ def _symbolic(lhs: str) -> bool:
     """A name being assigned ("x", "a_{37}", "f(x)", "(p,q)", "|AB|", "V_1:V_2"): letters, no digits."""
     bare = re.sub(r"_\{[^{}]*\}|_\w", "", lhs)
     return bool(re.search(r"[A-Za-z]", bare)) and not re.search(r"\d|\\infty", bare)
+
+
+def _name(lhs: str) -> str:
+    """An assigned name without braces: a_{1} and a_1 are one name."""
+    return re.sub(r"[{}\s]", "", lhs)
 
 
 def _canon_text(s: str) -> str:
@@ -340,7 +328,8 @@ def _strip_units(e: str) -> str:
             e = e[:i].strip()
         else:
             break
-    return _UNIT_WORDS.sub("", e).strip()
+    e = _UNIT_WORDS.sub("", e).strip()
+    return _UNIT_ANY.sub("", e).strip()
 
 
 def _parse_element(e: str, depth: int):
@@ -422,7 +411,10 @@ def _relation(parts: list[str], ops: list[str], depth: int):
             return _parse_element(parts[-1], depth + 1)
         if _symbolic(parts[0]):
             return Assign(canon(parts[0]), _parse_element(parts[1], depth + 1))
-        return Rel("=", _scalar(parts[0], False), _scalar(parts[1], False))
+        lhs, rhs = _scalar(parts[0], False), _scalar(parts[1], False)
+        if not (lhs.has_vars or rhs.has_vars) and lhs.text != rhs.text:  # "\\frac{10}{2} = 5": the last side, as
+            return _parse_element(parts[1], depth + 1)                    # in a chain ("1 = 1" stays a relation)
+        return Rel("=", lhs, rhs)
     if "=" in ops or len(ops) > 2:
         raise ParseError("mixed relation chain")
     sides = tuple(_scalar(p, False) for p in parts)
@@ -431,37 +423,45 @@ def _relation(parts: list[str], ops: list[str], depth: int):
     return Chain(tuple(ops), sides)
 
 
-def _plain_number(node) -> bool:
-    """Is this written as a number (not an expression)? 26, -3, 0.15, 6.7e-5, 2\\frac13, reduced a/b, a\\times10^k."""
-    if node[0] == "neg":
-        node = node[1]
+def _is_int(node) -> bool:
+    """An integer written in digits, maybe negative: 26, -3 (not 2.0)."""
+    node = node[1] if node[0] == "neg" else node
+    return node[0] == "num" and node[2].isdigit()
+
+
+def _form(node) -> str:
+    """How a scalar is written: "number" (26, -3, 0.15, 6.7e-5, 2\\frac13, a/b that is not an integer, a\\times10^k),
+    "power" (an integer to a literal integer power >= 2: 2^{10}, (-3)^5), or "expr" (anything else: 52/2, 13+13)."""
+    node = node[1] if node[0] == "neg" else node
     if node[0] in ("num", "mixed"):
-        return True
+        return "number"
+    if node[0] == "pow" and _is_int(node[1]) and node[2][0] == "num" and node[2][2].isdigit() \
+            and abs(node[1][1] if node[1][0] == "num" else node[1][1][1]) >= 2 and node[2][1] >= 2:
+        return "power"
     if node[0] == "prod" and len(node[1]) == 2:
         (d0, a), (d1, b) = node[1]
-        a_int = a[0] == "num" or (a[0] == "neg" and a[1][0] == "num")
-        if not d0 and d1 and a_int and b[0] == "num":
+        if not d0 and d1 and _is_int(a) and _is_int(b):  # \frac{6}{8} is a number, \frac{52}{2} a division left undone
             num, den = (a[1] if a[0] == "num" else a[1][1]), b[1]
-            return num.denominator == den.denominator == 1 and den > 1 and math.gcd(int(num), int(den)) == 1
+            return "number" if den > 1 and num % den != 0 else "expr"
         if not d0 and not d1 and a[0] == "num" and b[0] == "pow" and b[1][:2] == ("num", 10):  # 6.72 \times 10^{-5}
             e = b[2][1] if b[2][0] == "neg" else b[2]
-            return e[0] == "num" and e[1].denominator == 1
-    return False
+            return "number" if e[0] == "num" and e[1].denominator == 1 else "expr"
+    return "expr"
 
 
 def _scalar(e: str, pct: bool) -> Scalar:
     ast = parse(e)
     values = evaluate(ast)
-    plain = _plain_number(ast)
+    form = _form(ast)
     # the tolerance this scalar asks for when it is the gold
     node = ast[1] if ast[0] == "neg" else ast
     tol, decimals = "rel", 0
-    if plain and node[0] == "num" and "e" not in node[2].lower():
+    if form == "number" and node[0] == "num" and "e" not in node[2].lower():
         if "." in node[2]:
             tol, decimals = "dec", len(node[2].split(".")[1])
         elif isinstance(values[0], Fraction) and values[0].denominator == 1:
             tol = "exact"
-    return Scalar(canon(e), ast, values, has_vars(ast), pct, plain, tol, decimals, approx="." in e)
+    return Scalar(canon(e), ast, values, has_vars(ast), pct, form, tol, decimals, approx="." in e)
 
 
 def _has_raw(node) -> bool:
@@ -496,8 +496,8 @@ def _close(p, g, tol: str, decimals: int) -> bool:
 
 
 def _scalar_equal(p: Scalar, g: Scalar) -> bool:
-    if g.plain and not p.plain:
-        return False  # a plain-number gold needs a plain number, not an expression that evaluates to it
+    if g.form == "number" and p.form == "expr":
+        return False  # a plain-number gold needs a number (or a power) back, not an expression that evaluates to it
     if p.has_vars or g.has_vars:
         ok = 0
         for a, b in zip(p.values, g.values):
@@ -589,8 +589,8 @@ def _set_equal(ps: tuple, gs: tuple) -> bool:
 
 def _equal(p, g) -> bool:
     """Does pred answer node p answer gold node g? (not symmetric: the gold decides the tolerance and the form)"""
-    if isinstance(p, Assign) and isinstance(g, Assign):
-        if _equal(p.rhs, g.rhs):
+    if isinstance(p, Assign) and isinstance(g, Assign):  # x = 5 does not answer y = 5
+        if _name(p.lhs) == _name(g.lhs) and _equal(p.rhs, g.rhs):
             return True
         rp, rg = _as_rel(p), _as_rel(g)
         return bool(rp and rg and _rel_equal(rp, rg))
