@@ -2,7 +2,8 @@
 pretrain.py: make the base model that R1-Zero starts from (our stand-in for DeepSeek-V3-Base).
 
 R1-Zero does not teach a model to reason from nothing: RL selects and sharpens behaviours the base model already
-has but rarely shows (shared/notes/tiny-r1zero.md). So this script writes a corpus in which, for every generated
+has but rarely shows (a lesson of our first tiny experiments: a base without a reliable reasoning mode made GRPO
+collapse to formatted guessing; see dev/LOG.md). So this script writes a corpus in which, for every generated
 problem, the completion is drawn from a mix of "modes", and trains the tiny MoE+MLA model on it:
 
   guess   (most)   <think> a one-line hunch </think> <answer> a guess </answer>    right only sometimes
@@ -36,49 +37,62 @@ import torch
 from tqdm import tqdm
 
 from nanor1 import checkpoint
-from nanor1.model import Transformer, get_config, lm_loss
+from nanor1.model import PRESETS, Transformer, get_config
 from nanor1.rollout import evaluate, forced_mode_accuracy
-from nanor1.tasks import make_task
-from nanor1.tokenizer import r1_zero_prompt, r1_zero_completion, train_bpe
-from nanor1.training import (JsonlLogger, autocast, clip_grad, lr_at, make_optimizer, pick_device, print0,
+from nanor1.sft import collate, length_bucketed_batches, render_text, sft_loss
+from nanor1.tasks import TASKS, make_task
+from nanor1.templates import get_template
+from nanor1.tokenizer import train_bpe
+from nanor1.training import (JsonlLogger, autocast, clip_grad, json_dict, lr_at, make_optimizer,
+                             nonnegative_float, nonnegative_int, pick_device, positive_float, positive_int, print0, probability,
                              seed_everything, set_lr)
+
+R1_ZERO = get_template("r1-zero")   # the base corpus's transcripts use the template R1-Zero will prompt with
 
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     # task and corpus
-    p.add_argument("--task", default="arithmetic", help="built-in task: arithmetic | countdown")
-    p.add_argument("--task-kwargs", default='{"n_terms": 5}', help="JSON dict of task options")
-    p.add_argument("--n-docs", type=int, default=50000, help="documents in the corpus")
-    p.add_argument("--p-practice", type=float, default=0.8, help="share of untemplated practice documents")
-    p.add_argument("--p-guess", type=float, default=0.58, help="share of 'guess' completions")
-    p.add_argument("--p-plain", type=float, default=0.22, help="share of untagged 'the answer is' completions")
-    p.add_argument("--p-steps", type=float, default=0.15, help="share of step-by-step completions")
-    p.add_argument("--p-check", type=float, default=0.05, help="share of steps + 'wait, let me check' completions")
-    p.add_argument("--guess-acc", type=float, default=0.25, help="how often a guess is right")
-    p.add_argument("--slip-rate", type=float, default=0.1, help="chance that a step-by-step pass has one slip")
-    p.add_argument("--vocab-size", type=int, default=512)
+    p.add_argument("--task", default="arithmetic", choices=sorted(TASKS), help="built-in task")
+    p.add_argument("--task-kwargs", default='{"n_terms": 5}', type=json_dict, help="JSON dict of task options")
+    p.add_argument("--n-docs", type=positive_int, default=50000, help="documents in the corpus")
+    p.add_argument("--p-practice", type=probability, default=0.8, help="share of untemplated practice documents")
+    p.add_argument("--p-guess", type=nonnegative_float, default=0.58, help="weight of 'guess' completions")
+    p.add_argument("--p-plain", type=nonnegative_float, default=0.22, help="weight of untagged 'the answer is' "
+                                                                           "completions")
+    p.add_argument("--p-steps", type=nonnegative_float, default=0.15, help="weight of step-by-step completions")
+    p.add_argument("--p-check", type=nonnegative_float, default=0.05, help="weight of steps + 'wait, let me check' "
+                                                                           "completions")
+    p.add_argument("--guess-acc", type=probability, default=0.25, help="how often a guess is right")
+    p.add_argument("--slip-rate", type=probability, default=0.1, help="chance that a step-by-step pass has one slip")
+    p.add_argument("--vocab-size", type=positive_int, default=512, help="tiny BPE vocabulary size")
     # model and optimisation
-    p.add_argument("--preset", default="tiny", help="model preset (nanor1.model.PRESETS)")
-    p.add_argument("--model-kwargs", default="{}", help="JSON dict of ModelConfig overrides")
-    p.add_argument("--steps", type=int, default=1300)
-    p.add_argument("--batch-size", type=int, default=48)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--bias-update-speed", type=float, default=1e-3, help="gamma of aux-loss-free MoE balancing")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset (nanor1.model.PRESETS)")
+    p.add_argument("--model-kwargs", default="{}", type=json_dict, help="JSON dict of ModelConfig overrides")
+    p.add_argument("--steps", type=positive_int, default=1300, help="optimizer steps")
+    p.add_argument("--batch-size", type=positive_int, default=48, help="documents per step")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="peak AdamW learning rate")
+    p.add_argument("--warmup", type=nonnegative_int, default=50, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.1, help="AdamW weight decay")
+    p.add_argument("--grad-clip", type=nonnegative_float, default=1.0, help="gradient norm clip (0: off)")
+    p.add_argument("--bias-update-speed", type=nonnegative_float, default=1e-3,
+                   help="gamma of aux-loss-free MoE balancing")
     # evaluation of the base
-    p.add_argument("--eval-problems", type=int, default=200)
-    p.add_argument("--eval-k", type=int, default=8, help="samples per problem; 0 skips the sampled report")
-    p.add_argument("--eval-temperature", type=float, default=0.6)
-    p.add_argument("--eval-top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--eval-problems", type=positive_int, default=200, help="held-out problems of the report")
+    p.add_argument("--eval-k", type=nonnegative_int, default=8, help="samples per problem; 0 skips the sampled report")
+    p.add_argument("--eval-temperature", type=positive_float, default=0.6, help="paper: 0.6")
+    p.add_argument("--eval-top-p", type=probability, default=0.95, help="paper: 0.95")
+    p.add_argument("--max-new-tokens", type=positive_int, default=160, help="completion length limit")
     # run
     p.add_argument("--out", default="runs/base", help="checkpoint folder")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=1337)
-    return p.parse_args(argv)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the corpus, the model and the data order")
+    args = p.parse_args(argv)
+    if not args.eval_top_p > 0:
+        p.error("--eval-top-p must be in (0, 1]")
+    if args.p_guess + args.p_plain + args.p_steps + args.p_check <= 0:
+        p.error("the completion mode weights (--p-guess, --p-plain, --p-steps, --p-check) must not all be 0")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -117,23 +131,23 @@ def slipped(lines, rng):
 def make_completion(task, problem, mode, rng, args):
     answer = task.answer_text(problem)
     if mode == "guess":
-        return r1_zero_completion(rng.choice(HUNCHES), guess_answer(task, problem, rng, args.guess_acc))
+        return R1_ZERO.response(rng.choice(HUNCHES), guess_answer(task, problem, rng, args.guess_acc))
     if mode == "plain":
         return f" The answer is {guess_answer(task, problem, rng, args.guess_acc)}."
     lines = task.worked_solution(problem)
     if problem.kind != "math":  # countdown traces already contain their own near misses and checks
-        return r1_zero_completion("\n".join(lines), answer)
+        return R1_ZERO.response("\n".join(lines), answer)
     first, final = lines, answer
     if rng.random() < args.slip_rate:
         first, final = slipped(lines, rng)
     if mode == "steps":
-        return r1_zero_completion("\n".join(first), final)
+        return R1_ZERO.response("\n".join(first), final)
     # check: redo the sum in reverse order; the second pass decides
     reverse = task.worked_solution(dataclasses.replace(problem, data={**problem.data,
                                                                      "terms": problem.data["terms"][::-1]}))
     verdict = f"yes, it is {answer}." if final == answer else f"so it is {answer}, not {final}."
     reasoning = "\n".join(first) + "\nwait, let me check.\n" + "\n".join(reverse) + "\n" + verdict
-    return r1_zero_completion(reasoning, answer)
+    return R1_ZERO.response(reasoning, answer)
 
 
 def practice_doc(task, problem, rng) -> str:
@@ -160,31 +174,8 @@ def build_corpus(task, args) -> tuple[list[str], dict]:
             continue
         mode = rng.choices(modes, weights)[0]
         counts[mode] += 1
-        docs.append(r1_zero_prompt(problem.question) + make_completion(task, problem, mode, rng, args))
+        docs.append(R1_ZERO.prompt(problem.question) + make_completion(task, problem, mode, rng, args))
     return docs, {"docs_by_mode": counts, "distinct_problems": min(n_train, args.n_docs)}
-
-
-def length_bucketed_batches(seqs: list[list[int]], batch_size: int, rng: random.Random, bucket: int = 16):
-    """Shuffle, then sort within windows of `bucket` batches so each batch holds similar lengths (less padding)."""
-    order = list(range(len(seqs)))
-    rng.shuffle(order)
-    batches = []
-    for w in range(0, len(order), batch_size * bucket):
-        window = sorted(order[w:w + batch_size * bucket], key=lambda i: len(seqs[i]))
-        batches += [window[b:b + batch_size] for b in range(0, len(window), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(seqs, pad_id, device):
-    """Right-pad to [B, T]; the mask marks real tokens (a target counts when its own position is real)."""
-    T = max(len(s) for s in seqs)
-    tokens = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        tokens[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = True
-    return tokens.to(device), mask.to(device)
 
 
 def main(argv=None):
@@ -192,16 +183,17 @@ def main(argv=None):
     seed_everything(args.seed)
     device = pick_device(args.device)
     out = Path(args.out)
-    task = make_task(args.task, **json.loads(args.task_kwargs))
+    task = make_task(args.task, **args.task_kwargs)
 
     t0 = time.time()
     docs, corpus_stats = build_corpus(task, args)
     tokenizer = train_bpe(docs[:5000], vocab_size=args.vocab_size)
-    seqs = [[tokenizer.bos_id] + ids + [tokenizer.eos_id] for ids in (tokenizer.encode(d) for d in docs)]
-    corpus_stats.update(docs=len(seqs), tokens=sum(map(len, seqs)), mean_len=sum(map(len, seqs)) / len(seqs))
+    seqs = [render_text(tokenizer, d) for d in docs]                 # (ids, loss on every token)
+    lengths = [len(ids) for ids, _ in seqs]
+    corpus_stats.update(docs=len(seqs), tokens=sum(lengths), mean_len=sum(lengths) / len(seqs))
     print0(f"corpus: {json.dumps(corpus_stats)} ({time.time() - t0:.1f}s)")
 
-    cfg = get_config(args.preset, vocab_size=tokenizer.vocab_size, **json.loads(args.model_kwargs))
+    cfg = get_config(args.preset, vocab_size=tokenizer.vocab_size, **args.model_kwargs)
     model = Transformer(cfg).to(device)
     print0(f"model: {args.preset} {json.dumps(model.num_params())}")
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
@@ -213,12 +205,12 @@ def main(argv=None):
     t_start, tokens_seen = time.time(), 0
     for step in (bar := tqdm(range(args.steps), desc="pretrain")):
         if not batches:
-            batches, epoch = length_bucketed_batches(seqs, args.batch_size, rng), epoch + 1
+            batches, epoch = length_bucketed_batches(lengths, args.batch_size, rng), epoch + 1
         tokens, mask = collate([seqs[i] for i in batches.pop()], tokenizer.pad_id, device)
         lr = lr_at(step, max_lr=args.lr, warmup=args.warmup, total=args.steps)
         set_lr(optimizer, lr)
         with autocast(device):
-            loss, stats = lm_loss(model, tokens, mask)
+            loss, stats = sft_loss(model, tokens, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = clip_grad(model, args.grad_clip)
@@ -237,15 +229,15 @@ def main(argv=None):
     problems = task.sample("test", args.eval_problems, seed=args.seed)
     report = {}
     if args.eval_k > 0:
-        report = evaluate(model, tokenizer, problems, k=args.eval_k, temperature=args.eval_temperature,
+        report = evaluate(model, tokenizer, problems, template=R1_ZERO, k=args.eval_k, temperature=args.eval_temperature,
                           top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    report["forced_mode_accuracy"] = forced_mode_accuracy(model, tokenizer, task, problems,
+    report["forced_mode_accuracy"] = forced_mode_accuracy(model, tokenizer, task, problems, template=R1_ZERO,
                                                           max_new_tokens=args.max_new_tokens)
     report.update(train_seconds=train_s, tokens_seen=tokens_seen, final_loss=stats["lm_loss"])
     log.log(step=args.steps, **{f"base/{k}": v for k, v in report.items() if not isinstance(v, (list, dict))})
     log.close()
-    checkpoint.save(out, model, tokenizer=tokenizer,
-                    extra={"pretrain_args": vars(args), "corpus": corpus_stats, "base_report": report})
+    checkpoint.save(out, model, tokenizer=tokenizer, extra={"pretrain_args": vars(args), "corpus": corpus_stats,
+                                                            "base_report": report, "template": R1_ZERO.name})
     print0("base model report: " + json.dumps({k: v for k, v in report.items() if not isinstance(v, (list, dict))}))
     print0(f"saved {out}")
     return report

@@ -6,8 +6,11 @@ the final answer + format: reasoning in <think></think>, answer in <answer></ans
 the group into advantages, and maximise the clipped objective (nanor1/grpo.py). Pass@1 rises, responses grow
 longer on their own, and the model starts to re-check its work.
 
-The loop, visible below: questions -> G completions each (sampler, KV cache) -> rule rewards -> group advantages
--> mu GRPO updates -> log. Every --eval-every steps: held-out pass@1 over k samples and cons@k, samples saved.
+One step, as `rl_step` below spells it out: questions -> G completions each (nanor1/rollout.py, the sampler with its
+KV cache; optional DAPO refill of groups with no reward variance) -> rule rewards -> group advantages (R1 eq. 3) ->
+for each of mu passes and each minibatch: trainer log-probs, the GRPO loss (R1 eq. 1-2) accumulated over
+micro-batches, backward, clip, optimizer step -> metrics. train_r1.py runs the same function.
+Every --eval-every steps: held-out pass@1 over k samples and cons@k, samples saved.
 
 How this run differs from the paper (besides scale): the base model is a 1.5M-parameter MoE+MLA model pretrained
 by pretrain.py on a generated corpus (see its docstring: the reasoning modes RL selects are in that corpus);
@@ -18,15 +21,15 @@ paper uses a KL term; --beta turns it on and loads a frozen reference model); fo
 Commands:
   python train_zero.py                                   # the default demonstration: pretrain if needed, RL, eval
   python train_zero.py --base runs/base --steps 200 --out runs/zero-long
-  python train_zero.py --base /path/to/hf-folder --task-file data/gsm8k_train.jsonl --device cuda --beta 0.001 \
-      --max-new-tokens 1024 --prompts-per-step 32 --group-size 16
+  python train_zero.py --base /path/to/hf-folder --task-file data/gsm8k_train.jsonl --eval-file data/gsm8k_test.jsonl \
+      --device cuda --beta 0.001 --max-new-tokens 1024 --prompts-per-step 32 --group-size 16
   python train_zero.py --resume                          # continue runs/zero from its last checkpoint
-Single process for now; the step (nanor1.grpo.rl_step) is data-parallel-ready (global loss normalisation, each
-group whole on one rank) for the FSDP issue.
+Single process for now; the step is data-parallel-ready (global loss normalisation, each group whole on one rank).
 """
 import argparse
 import copy
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -35,10 +38,14 @@ import torch
 from tqdm import tqdm
 
 from nanor1 import checkpoint
-from nanor1.grpo import GRPOConfig, rl_step
-from nanor1.rollout import default_reward_fn, evaluate
-from nanor1.tasks import load_jsonl, make_task
-from nanor1.training import (JsonlLogger, autocast, lr_at, make_optimizer, pick_device, print0, rng_state,
+from nanor1.grpo import (ADV_SCALES, LOSS_AGGS, OVERLONG, GRPOConfig, StepStats, filter_groups, global_counts,
+                         group_advantages, grpo_loss, mask_truncated, minibatches, overlong_penalty)
+from nanor1.rollout import behaviour_stats, evaluate, fill_groups, rollout, rule_rewards
+from nanor1.sampler import DECODE_MODES, SamplingParams, pack, token_logprobs
+from nanor1.tasks import TASKS, load_jsonl, make_task
+from nanor1.templates import TEMPLATES, get_template
+from nanor1.training import (JsonlLogger, autocast, clip_grad, json_dict, lr_at, make_optimizer, nonnegative_float,
+                             nonnegative_int, pick_device, positive_float, positive_int, print0, rng_state,
                              seed_everything, set_lr, set_rng_state)
 
 
@@ -49,72 +56,190 @@ def get_args(argv=None):
                                                       "when it is the default and missing")
     p.add_argument("--out", default="runs/zero", help="output folder: metrics, samples, checkpoint")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    p.add_argument("--template", default="r1-zero", choices=sorted(TEMPLATES), help="prompt and answer format")
     # data
-    p.add_argument("--task", default="arithmetic", help="built-in task: arithmetic | countdown")
-    p.add_argument("--task-kwargs", default='{"n_terms": 5}', help="JSON dict of task options")
+    p.add_argument("--task", default="arithmetic", choices=sorted(TASKS), help="built-in task")
+    p.add_argument("--task-kwargs", default='{"n_terms": 5}', type=json_dict, help="JSON dict of task options")
     p.add_argument("--task-file", default=None, help="train on a JSONL file of {problem, answer} instead")
     p.add_argument("--eval-file", default=None, help="evaluate on a JSONL file instead of the task's test split")
     # GRPO
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--prompts-per-step", type=int, default=8)
-    p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=160)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--beta", type=float, default=0.0, help="KL weight (k3 estimator) to the frozen base")
-    p.add_argument("--eps-low", type=float, default=0.2)
-    p.add_argument("--eps-high", type=float, default=0.2)
-    p.add_argument("--mu", type=int, default=1, help="GRPO iterations per batch")
-    p.add_argument("--minibatches", type=int, default=1, help="optimizer steps per iteration")
-    p.add_argument("--micro-batch", type=int, default=64, help="sequences per forward/backward")
-    p.add_argument("--loss-agg", default="token-mean", help="seq-mean-token-mean (paper) | token-mean | "
-                                                          "seq-mean-token-sum-norm")
-    p.add_argument("--adv-scale", default="group", help="group (paper) | none (Dr. GRPO) | batch")
+    p.add_argument("--steps", type=nonnegative_int, default=40, help="RL steps")
+    p.add_argument("--prompts-per-step", type=positive_int, default=8, help="questions per step")
+    p.add_argument("--group-size", type=positive_int, default=8, help="G: completions per question (>= 2)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=160, help="completion length limit")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature during RL")
+    p.add_argument("--lr", type=positive_float, default=2e-4, help="AdamW learning rate")
+    p.add_argument("--warmup", type=nonnegative_int, default=5, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--beta", type=nonnegative_float, default=0.0, help="KL weight (k3 estimator) to the frozen base")
+    p.add_argument("--eps-low", type=nonnegative_float, default=0.2, help="clip range below 1 (ratio >= 1 - eps_low)")
+    p.add_argument("--eps-high", type=nonnegative_float, default=0.2, help="clip range above 1 (DAPO clip-higher)")
+    p.add_argument("--mu", type=positive_int, default=1, help="GRPO iterations per batch")
+    p.add_argument("--minibatches", type=positive_int, default=1, help="optimizer steps per iteration")
+    p.add_argument("--micro-batch", type=positive_int, default=64, help="sequences per forward/backward")
+    p.add_argument("--loss-agg", default="token-mean", choices=LOSS_AGGS,
+                   help="seq-mean-token-mean (paper), token-mean (DAPO), seq-mean-token-sum-norm (Dr. GRPO)")
+    p.add_argument("--adv-scale", default="group", choices=ADV_SCALES, help="group (paper), none (Dr. GRPO), batch")
     p.add_argument("--dynamic-sampling", action="store_true", help="DAPO: refill groups with equal rewards")
-    p.add_argument("--overlong", default="none", help="none | mask | penalty")
+    p.add_argument("--overlong", default="none", choices=OVERLONG,
+                   help="truncated completions: none, mask (no loss), penalty (DAPO soft length penalty)")
     p.add_argument("--replay-routing", action="store_true", help="MoE: train with the experts the sampler chose")
-    p.add_argument("--format-weight", type=float, default=0.1)
-    p.add_argument("--accuracy-weight", type=float, default=1.0)
+    p.add_argument("--format-weight", type=nonnegative_float, default=0.1, help="weight of the format reward")
+    p.add_argument("--accuracy-weight", type=nonnegative_float, default=1.0, help="weight of the accuracy reward")
     # evaluation and logging
-    p.add_argument("--eval-every", type=int, default=20)
-    p.add_argument("--eval-problems", type=int, default=200)
-    p.add_argument("--eval-k", type=int, default=8)
-    p.add_argument("--eval-temperature", type=float, default=0.6)
-    p.add_argument("--eval-top-p", type=float, default=0.95)
-    p.add_argument("--save-every", type=int, default=20)
+    p.add_argument("--eval-every", type=positive_int, default=20, help="held-out evaluation every N steps")
+    p.add_argument("--eval-problems", type=positive_int, default=200, help="held-out problems")
+    p.add_argument("--eval-k", type=positive_int, default=8, help="samples per held-out problem")
+    p.add_argument("--eval-temperature", type=positive_float, default=0.6, help="paper: 0.6")
+    p.add_argument("--eval-top-p", type=positive_float, default=0.95, help="paper: 0.95")
+    p.add_argument("--save-every", type=positive_int, default=20, help="checkpoint every N steps (and at the end)")
     # run
-    p.add_argument("--device", default="auto")
-    p.add_argument("--decode-mode", default="eager", help="sampler decode step: eager | static | cuda_graph (GPU: "
-                   "one CUDA graph launch per token; MoE models need bf16 weights)")
-    p.add_argument("--seed", type=int, default=1234)
-    return p.parse_args(argv)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--decode-mode", default="eager", choices=DECODE_MODES, help="sampler decode step; cuda_graph "
+                   "(GPU) replays one CUDA graph per token, MoE models need bf16 weights")
+    p.add_argument("--seed", type=int, default=1234, help="seed of data order, sampling and initial state")
+    args = p.parse_args(argv)
+    if args.eval_top_p > 1:
+        p.error(f"--eval-top-p must be in (0, 1], got {args.eval_top_p}")
+    if args.task_file and not args.eval_file:
+        p.error("--task-file needs --eval-file (a held-out JSONL file)")
+    try:
+        grpo_config(args)                        # GRPOConfig's own checks, before anything is loaded
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def grpo_config(args) -> GRPOConfig:
+    """The GRPO knobs of the run; GRPOConfig checks them (before anything is loaded)."""
+    return GRPOConfig(group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                      mu=args.mu, minibatches=args.minibatches, micro_batch=args.micro_batch, eps_low=args.eps_low,
+                      eps_high=args.eps_high, beta=args.beta, loss_agg=args.loss_agg, adv_scale=args.adv_scale,
+                      dynamic_sampling=args.dynamic_sampling, overlong=args.overlong,
+                      replay_routing=args.replay_routing, decode_mode=args.decode_mode)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One GRPO step
+
+
+def rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg: GRPOConfig, *, seed: int, ref=None,
+            refill=None) -> dict:
+    """One GRPO step on this rank's questions (whole groups); returns the step's metrics.
+
+    reward_fn(texts, problems) -> (totals, components): the rule rewards (R1-Zero), or rules plus reward models
+    (R1 stage 4). refill(n) -> n new questions, for dynamic sampling. ref: the frozen reference model (beta > 0).
+    """
+    device, t0 = policy.embed.weight.device, time.perf_counter()
+
+    # 1. Sample G completions per question from the current policy, which is pi_old for this step, and score them.
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    def sample(questions, seed):  # noqa: E306
+        return rollout(policy, tokenizer, questions, template=template, params=params, group_size=cfg.group_size,
+                       reward_fn=reward_fn, seed=seed, record_routing=cfg.replay_routing, decode_mode=cfg.decode_mode)
+    ro, n_sampled = sample(problems, seed), len(problems)
+    if cfg.dynamic_sampling and refill is not None:  # DAPO: replace groups whose rewards are all equal
+        ro, n_sampled = fill_groups(ro, lambda n, attempt: sample(refill(n), seed + 7919 * (attempt + 1)),
+                                    cfg.max_refills)
+    t_generate = time.perf_counter() - t0
+
+    # 2. Group-relative advantages (R1 eq. 3): no value network, the group mean is the baseline.
+    rewards = ro.rewards_by_group().to(device)                                          # [N, G]
+    mask = ro.gen.mask.to(device)                                                       # [B, T] completion tokens
+    if cfg.overlong == "penalty":   # DAPO: a soft length penalty added to the reward
+        rewards = rewards + overlong_penalty(ro.lengths, cfg.max_new_tokens, cfg.overlong_buffer).to(device).view_as(rewards)
+    elif cfg.overlong == "mask":    # DAPO: no loss on completions cut at the length limit
+        mask = mask_truncated(mask, torch.tensor([r == "length" for r in ro.gen.finish_reason], device=device))
+    advantages = group_advantages(rewards, scale=cfg.adv_scale).flatten()               # [B]
+
+    # 3. The trainer's view of the batch. pi_old = the sampler's log-probs (same weights); pi_ref for the KL term.
+    t1 = time.perf_counter()
+    batch = pack(ro.gen.prompts, ro.gen.tokens.to(device), mask, routing=ro.gen.routing, device=device)
+    old_logp = ro.gen.logprobs.to(device)                                               # [B, T]
+    ref_logp = None
+    if cfg.beta > 0:
+        if ref is None:
+            raise ValueError(f"beta={cfg.beta} needs a reference model (ref=...)")
+        with torch.no_grad(), autocast(device):
+            ref_logp = token_logprobs(ref, batch, ro.gen.temperature)                   # [B, T]
+    t_ref = time.perf_counter() - t1
+
+    # 4. mu passes over the batch, each cut into minibatches (one optimizer step each), each accumulated over
+    #    micro-batches. Losses are normalised by the minibatch's global counts, so micro-batch losses add up to the
+    #    minibatch loss and data-parallel ranks (which average gradients) get the full-batch gradient.
+    t2 = time.perf_counter()
+    policy.train()
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    stats, losses, logs = StepStats(), [], {"logp_diff": 0.0, "skipped_steps": 0}
+    for it in range(cfg.mu):
+        for mb in minibatches(batch.tokens.size(0), cfg.minibatches, shuffle=cfg.mu > 1, seed=seed + it):
+            mb_seqs, mb_tokens = global_counts(batch.mask[mb])
+            optimizer.zero_grad(set_to_none=True)
+            mb_loss = 0.0
+            for micro in mb.split(cfg.micro_batch):
+                sub = batch.rows(micro)
+                with autocast(device):
+                    logp, entropy = token_logprobs(policy, sub, ro.gen.temperature, with_entropy=True)  # [b, T]
+                loss, s = grpo_loss(logp, old_logp[micro], None if ref_logp is None else ref_logp[micro],
+                                    advantages[micro], sub.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                                    beta=cfg.beta, loss_agg=cfg.loss_agg, max_len=cfg.max_new_tokens,
+                                    num_seqs=mb_seqs, num_tokens=mb_tokens)
+                (loss * world).backward()
+                mb_loss += loss.item()
+                n = sub.mask.sum().item()
+                stats.add(n, {**s, "entropy": (entropy * sub.mask).sum().item() / max(n, 1)})
+                if it == 0:  # sampler vs trainer: the same weights must give the same log-probs
+                    diff = ((logp.detach() - old_logp[micro]).abs() * sub.mask).amax().item()
+                    logs["logp_diff"] = max(logs["logp_diff"], diff)
+            logs["grad_norm"] = clip_grad(policy, cfg.grad_clip)
+            if math.isfinite(logs["grad_norm"]):
+                optimizer.step()
+                policy.update_routing_bias(cfg.bias_update_speed)   # V3's aux-loss-free balancing, after the step
+            else:
+                logs["skipped_steps"] += 1                            # a non-finite gradient: skip, keep going
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(mb_loss)
+    t_update = time.perf_counter() - t2
+
+    # 5. Metrics.
+    return {
+        "reward": ro.rewards.mean().item(),
+        **behaviour_stats(ro),
+        "zero_variance_groups": 1.0 - filter_groups(ro.rewards_by_group()).float().mean().item(),
+        "sampled_groups": n_sampled,
+        **stats.summary(), **logs, "loss": sum(losses) / len(losses),
+        "time/generate": t_generate, "time/ref_logprobs": t_ref, "time/update": t_update,
+        "time/step": time.perf_counter() - t0,
+        "gen_tokens_per_s": ro.gen.mask.sum().item() / max(t_generate, 1e-9),
+        "train_tokens_per_s": cfg.mu * batch.key_mask.sum().item() / max(t_update, 1e-9),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
 
 
 def problem_source(args):
-    """(train_batch(step, n) -> problems, eval problems). Train questions for a step depend only on (seed, step):
+    """(train_batch(step, n, salt) -> problems, eval problems). Train questions for a step depend only on (seed, step):
     the data position of a resumed run is its step."""
     if args.task_file:
         pool = load_jsonl(args.task_file)
-        def train_batch(step, n, salt=0):
+        def train_batch(step, n, salt=0):  # noqa: E306
             return random.Random(f"{args.seed}-{step}-{salt}").sample(pool, min(n, len(pool)))
     else:
-        task = make_task(args.task, **json.loads(args.task_kwargs))
-        def train_batch(step, n, salt=0):
+        task = make_task(args.task, **args.task_kwargs)
+        def train_batch(step, n, salt=0):  # noqa: E306
             return task.sample("train", n, seed=hash((args.seed, step, salt)) & 0x7FFFFFFF)
     if args.eval_file:
         evals = load_jsonl(args.eval_file)[:args.eval_problems]
-    elif args.task_file:
-        raise ValueError("--task-file needs --eval-file (a held-out JSONL file)")
     else:
         evals = task.sample("test", args.eval_problems, seed=args.seed)
     return train_batch, evals
 
 
-def run_eval(model, tokenizer, problems, args, step, out, log):
+def run_eval(model, tokenizer, template, problems, args, step, out, log):
     t0 = time.time()
-    report = evaluate(model, tokenizer, problems, k=args.eval_k, temperature=args.eval_temperature,
+    report = evaluate(model, tokenizer, problems, template=template, k=args.eval_k, temperature=args.eval_temperature,
                       top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
                       decode_mode=args.decode_mode)
     with open(out / f"samples_step{step:05d}.jsonl", "w") as f:
@@ -126,6 +251,8 @@ def run_eval(model, tokenizer, problems, args, step, out, log):
 
 def main(argv=None):
     args = get_args(argv)
+    cfg = grpo_config(args)
+    template = get_template(args.template)
     seed_everything(args.seed)
     device = pick_device(args.device)
     out = Path(args.out)
@@ -154,12 +281,7 @@ def main(argv=None):
         ref = copy.deepcopy(policy) if not resuming else checkpoint.load(base, device=device)[0]
         ref.eval().requires_grad_(False)
     optimizer = make_optimizer(policy, args.lr, args.weight_decay)
-    cfg = GRPOConfig(group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                     mu=args.mu, minibatches=args.minibatches, micro_batch=args.micro_batch, eps_low=args.eps_low,
-                     eps_high=args.eps_high, beta=args.beta, loss_agg=args.loss_agg, adv_scale=args.adv_scale,
-                     dynamic_sampling=args.dynamic_sampling, overlong=args.overlong,
-                     replay_routing=args.replay_routing, decode_mode=args.decode_mode)
-    reward_fn = default_reward_fn({"accuracy": args.accuracy_weight, "format": args.format_weight})
+    reward_fn = rule_rewards({"accuracy": args.accuracy_weight, "format": args.format_weight}, template)
     train_batch, eval_problems = problem_source(args)
 
     start = 0
@@ -170,26 +292,25 @@ def main(argv=None):
         print0(f"resumed from {resume_dir} at step {start}")
     log = JsonlLogger(out / "metrics.jsonl")
     if start == 0:
-        base_report = run_eval(policy, tokenizer, eval_problems, args, 0, out, log)
+        base_report = run_eval(policy, tokenizer, template, eval_problems, args, 0, out, log)
         (out / "base_eval.json").write_text(json.dumps(base_report, indent=2))
         print0("base: " + json.dumps(base_report))
 
     for step in (bar := tqdm(range(start, args.steps), desc="R1-Zero", initial=start, total=args.steps)):
         set_lr(optimizer, lr_at(step, max_lr=args.lr, warmup=args.warmup, total=args.steps, min_lr_ratio=1.0))
         problems = train_batch(step, args.prompts_per_step)
-        metrics = rl_step(policy, optimizer, tokenizer, problems, reward_fn, cfg, seed=args.seed * 100_003 + step,
-                          ref=ref, refill=lambda n, s=step: train_batch(s, n, salt=1),
-                          autocast=lambda: autocast(device))
+        metrics = rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg,
+                          seed=args.seed * 100_003 + step, ref=ref, refill=lambda n, s=step: train_batch(s, n, salt=1))
         log.log(step=step + 1, **metrics)
         bar.set_postfix(acc=f"{metrics['reward/accuracy']:.2f}", len=f"{metrics['mean_length']:.0f}",
                         refl=f"{metrics['reflection_rate']:.2f}")
         done = step + 1
         if done % args.save_every == 0 or done == args.steps:
-            checkpoint.save(resume_dir, policy, tokenizer=tokenizer,
+            checkpoint.save(resume_dir, policy, tokenizer=tokenizer, extra={"template": template.name},
                             train_state={"optimizer": optimizer.state_dict(), "step": done, "rng": rng_state()})
         if done % args.eval_every == 0 or done == args.steps:
-            report = run_eval(policy, tokenizer, eval_problems, args, done, out, log)
-            print0(f"step {done}: " + json.dumps(report))
+            report = run_eval(policy, tokenizer, template, eval_problems, args, done, out, log)
+            tqdm.write(f"step {done}: " + json.dumps(report))
     log.close()
 
     if args.steps > 0 and start < args.steps:

@@ -44,18 +44,15 @@ Shapes: N questions, G completions per question, B = N·G sequences, T completio
 """
 
 import math
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from nanor1.rollout import Rollouts, behaviour_stats, rollout
-from nanor1.sampler import DECODE_MODES, Batch, Rollout, pack, token_logprobs
-from nanor1.training import clip_grad
+from nanor1.sampler import DECODE_MODES
 
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 ADV_SCALES = ("group", "none", "batch")
+OVERLONG = ("none", "mask", "penalty")
 
 
 # ---- advantages (R1 eq. 3) ----
@@ -213,7 +210,7 @@ def mask_truncated(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
     return torch.where(truncated.bool()[:, None], torch.zeros_like(mask), mask)
 
 
-# ---- the RL step: rollout -> rewards -> advantages -> mu updates (shared by train_zero.py and train_r1.py) ----
+# ---- the knobs of a GRPO run, validated once (train_zero.py and train_r1.py run the step itself) ----
 
 @dataclass
 class GRPOConfig:
@@ -239,185 +236,65 @@ class GRPOConfig:
     decode_mode: str = "eager"        # the sampler's decode step: "eager", "static" or "cuda_graph" (sampler.py)
 
     def __post_init__(self):
-        if self.decode_mode not in DECODE_MODES:
-            raise ValueError(f"decode_mode must be one of {DECODE_MODES}, got {self.decode_mode!r}")
+        """Every enumerated field is checked against its options and every number against its range, so a typo
+        fails at start-up, not after an hour (overlong="masked" would otherwise silently mean "none")."""
+        enums = {"loss_agg": LOSS_AGGS, "adv_scale": ADV_SCALES, "overlong": OVERLONG, "decode_mode": DECODE_MODES}
+        for name, options in enums.items():
+            if getattr(self, name) not in options:
+                raise ValueError(f"GRPOConfig.{name} must be one of {options}, got {getattr(self, name)!r}")
+        for name in ("group_size", "max_new_tokens", "mu", "minibatches", "micro_batch", "overlong_buffer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"GRPOConfig.{name} must be an int >= 1, got {value!r}")
+        if self.group_size < 2:
+            raise ValueError(f"GRPOConfig.group_size must be >= 2: a group of one has no baseline, so every "
+                             f"advantage is 0 and nothing is trained (got {self.group_size})")
+        if isinstance(self.max_refills, bool) or not isinstance(self.max_refills, int) or self.max_refills < 0:
+            raise ValueError(f"GRPOConfig.max_refills must be an int >= 0, got {self.max_refills!r}")
+        checks = {"temperature": self.temperature > 0, "top_p": 0 < self.top_p <= 1, "eps_low": 0 <= self.eps_low < 1,
+                  "eps_high": self.eps_high >= 0, "beta": self.beta >= 0, "grad_clip": self.grad_clip >= 0,
+                  "bias_update_speed": self.bias_update_speed >= 0}
+        ranges = {"temperature": "> 0", "top_p": "in (0, 1]", "eps_low": "in [0, 1)", "eps_high": ">= 0",
+                  "beta": ">= 0", "grad_clip": ">= 0 (0: no clipping)", "bias_update_speed": ">= 0"}
+        for name, ok in checks.items():
+            if not ok or not math.isfinite(getattr(self, name)):
+                raise ValueError(f"GRPOConfig.{name} must be {ranges[name]}, got {getattr(self, name)!r}")
+        if self.overlong == "penalty" and self.overlong_buffer > self.max_new_tokens:
+            raise ValueError(f"overlong_buffer ({self.overlong_buffer}) must be <= max_new_tokens "
+                             f"({self.max_new_tokens})")
 
 
-def _world() -> tuple[int, bool]:
-    dist = torch.distributed
-    on = dist.is_available() and dist.is_initialized()
-    return (dist.get_world_size() if on else 1), on
-
-
-def _global_counts(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sequences, tokens) summed over data-parallel ranks, so every rank normalises by the global batch."""
+def global_counts(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sequences, tokens) of a loss mask [B, T], summed over data-parallel ranks, so every rank normalises its loss
+    by the global batch (the bug verl#5625 fixed late: per-rank normalisers bias the gradient)."""
     seqs, toks = loss_counts(mask)
     counts = torch.tensor([seqs, toks], dtype=torch.float64, device=mask.device)
-    world, on = _world()
-    if on:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(counts)
     return counts[0], counts[1]
 
 
-def collect_groups(policy, tokenizer, problems, reward_fn, cfg: GRPOConfig, seed: int, refill=None):
-    """Rollouts for the step; with dynamic sampling, groups with no reward variance are replaced by new questions
-    drawn with refill(n) until the batch is full or max_refills is spent. Returns (Rollouts, n_sampled_groups)."""
-    kw = dict(group_size=cfg.group_size, reward_fn=reward_fn, max_new_tokens=cfg.max_new_tokens,
-              temperature=cfg.temperature, top_p=cfg.top_p, record_routing=cfg.replay_routing,
-              decode_mode=cfg.decode_mode)
-    ro = rollout(policy, tokenizer, problems, seed=seed, **kw)
-    n_sampled = len(problems)
-    if not (cfg.dynamic_sampling and refill):
-        return ro, n_sampled
-    keep = filter_groups(ro.rewards_by_group())
-    parts = [(ro, keep)]
-    for attempt in range(cfg.max_refills):
-        have = sum(int(k.sum()) for _, k in parts)
-        if have >= len(problems):
-            break
-        more = rollout(policy, tokenizer, refill(len(problems) - have), seed=seed + 7919 * (attempt + 1), **kw)
-        n_sampled += len(more.problems)
-        parts.append((more, filter_groups(more.rewards_by_group())))
-    return merge_groups(parts, len(problems)), n_sampled
+def minibatches(n_rows: int, n_minibatches: int, *, shuffle: bool, seed: int) -> list[torch.Tensor]:
+    """Row indices of each optimizer step of one pass over the batch: cut into n_minibatches parts, after a seeded
+    shuffle when the batch is seen more than once (mu > 1)."""
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n_rows)
+    return list(order.chunk(n_minibatches))
 
 
-def merge_groups(parts, n_max: int):
-    """Concatenate the kept groups of several Rollouts (at most n_max groups); all groups if none is kept."""
-    G = parts[0][0].group_size
-    rows, probs = [], []
-    for ro, keep in parts:
-        for i in keep.nonzero().flatten().tolist():
-            if len(probs) < n_max:
-                probs.append(ro.problems[i])
-                rows.append((ro, list(range(i * G, (i + 1) * G))))
-    if not probs:                          # nothing had variance: keep the first batch as it is (zero advantages)
-        return parts[0][0]
-    T = max(ro.sample.tokens.size(1) for ro, _ in rows)
+class StepStats:
+    """Token-weighted means of the per-micro-batch stats of grpo_loss (ratio_min / ratio_max: min / max)."""
 
-    def cat(get, pad):
-        return torch.cat([torch.nn.functional.pad(get(ro)[r], (0, T - get(ro).size(1)), value=pad) for ro, r in rows])
+    def __init__(self):
+        self.rows: list[tuple[float, dict]] = []
 
-    routing = None
-    if rows[0][0].sample.routing is not None:
-        # per MoE layer [N_i, P_i + T_i - 1, K], P_i a part's prompt padding: pad the prompt columns on the left to
-        # the widest P and the completion columns on the right to T (pack() drops the left columns no row needs)
-        def prompt_width(ro):
-            return ro.sample.routing[0].size(1) - ro.sample.tokens.size(1) + 1
-        P = max(prompt_width(ro) for ro, _ in rows)
-        routing = [torch.cat([torch.nn.functional.pad(ro.sample.routing[m][r], (0, 0, P - prompt_width(ro),
-                                                                                 T - ro.sample.tokens.size(1)))
-                              for ro, r in rows]) for m in range(len(rows[0][0].sample.routing))]
-    sample = Rollout(prompts=[ro.sample.prompts[j] for ro, r in rows for j in r],
-                     tokens=cat(lambda ro: ro.sample.tokens, 0), logprobs=cat(lambda ro: ro.sample.logprobs, 0.0),
-                     mask=cat(lambda ro: ro.sample.mask, False),
-                     finish_reason=[ro.sample.finish_reason[j] for ro, r in rows for j in r],
-                     temperature=rows[0][0].sample.temperature, routing=routing)
-    return Rollouts(problems=probs, group_size=G, sample=sample, texts=[ro.texts[j] for ro, r in rows for j in r],
-                    rewards=torch.cat([ro.rewards[r] for ro, r in rows]),
-                    components={k: [ro.components[k][j] for ro, r in rows for j in r] for k in rows[0][0].components})
+    def add(self, weight: float, stats: dict):
+        self.rows.append((weight, {k: float(v) for k, v in stats.items()}))
 
-
-def rl_step(policy, optimizer, tokenizer, problems, reward_fn, cfg: GRPOConfig, *, seed: int, ref=None,
-            refill=None, autocast=None) -> dict:
-    """One GRPO step on this rank's questions: sample G completions each with the current policy (= pi_old), score
-    them, compute group advantages, then take mu x minibatches optimizer steps on the clipped objective.
-
-    The sampler's log-probs serve as old_logp: sampler and trainer are the same model object, so they are pi_old's
-    log-probs exactly (up to float rounding; `logp_diff` in the returned metrics measures that on the first pass).
-    Data parallel: each rank passes its own questions (whole groups); losses are normalised by global counts.
-    Returns a flat dict of metrics for logging.
-    """
-    autocast = autocast or nullcontext
-    times, t0 = {}, time.perf_counter()
-    ro, n_sampled = collect_groups(policy, tokenizer, problems, reward_fn, cfg, seed, refill)
-    times["time/generate"] = time.perf_counter() - t0
-
-    device = policy.embed.weight.device
-    rewards = ro.rewards_by_group().to(device)                                          # [N, G]
-    sample = ro.sample
-    mask = sample.mask.to(device)                                                       # [B, T]
-    truncated = torch.tensor([r == "length" for r in sample.finish_reason], device=device)
-    if cfg.overlong == "penalty":
-        rewards = rewards + overlong_penalty(ro.lengths, cfg.max_new_tokens, cfg.overlong_buffer).to(device).view_as(rewards)
-    elif cfg.overlong == "mask":
-        mask = mask_truncated(mask, truncated)
-    advantages = group_advantages(rewards, scale=cfg.adv_scale).flatten()               # [B]
-
-    t1 = time.perf_counter()
-    batch = pack(sample.prompts, sample.tokens.to(device), mask, routing=sample.routing, device=device)
-    old_logp = sample.logprobs.to(device)                                               # [B, T] pi_old
-    ref_logp = None
-    if cfg.beta > 0:
-        if ref is None:
-            raise ValueError(f"beta={cfg.beta} needs a reference model (ref=...)")
-        with torch.no_grad(), autocast():
-            ref_logp = token_logprobs(ref, batch, sample.temperature)
-    times["time/ref_logprobs"] = time.perf_counter() - t1
-
-    t2 = time.perf_counter()
-    policy.train()
-    n_seqs, n_tokens = _global_counts(batch.mask)
-    world, _ = _world()
-    B = batch.tokens.size(0)
-    agg, logs, losses = [], {}, []
-    for it in range(cfg.mu):
-        order = torch.randperm(B, generator=torch.Generator().manual_seed(seed + it)) if cfg.mu > 1 else torch.arange(B)
-        for mb in order.chunk(cfg.minibatches):
-            mb_mask = batch.mask[mb]
-            mb_seqs, mb_tokens = _global_counts(mb_mask)
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0   # micro-batch losses are normalised by the minibatch's counts, so they add up
-            for micro in mb.split(cfg.micro_batch):
-                sub = pack_rows(batch, micro)
-                with autocast():
-                    logp, entropy = token_logprobs(policy, sub, sample.temperature, with_entropy=True)
-                loss, stats = grpo_loss(logp, old_logp[micro], None if ref_logp is None else ref_logp[micro],
-                                        advantages[micro], sub.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                                        beta=cfg.beta, loss_agg=cfg.loss_agg, max_len=cfg.max_new_tokens,
-                                        num_seqs=mb_seqs, num_tokens=mb_tokens)
-                (loss * world).backward()       # DDP/FSDP average gradients over ranks; counts are global already
-                w = sub.mask.sum().item()
-                step_loss += loss.item()
-                agg.append((w, {**{k: v.item() for k, v in stats.items()},
-                                "entropy": (entropy * sub.mask).sum().item() / max(w, 1)}))
-                if it == 0:
-                    diff = ((logp.detach() - old_logp[micro]).abs() * sub.mask).amax().item()
-                    logs["logp_diff"] = max(logs.get("logp_diff", 0.0), diff)
-            norm = clip_grad(policy, cfg.grad_clip)
-            logs["grad_norm"], losses = norm, losses + [step_loss]
-            if math.isfinite(norm):
-                optimizer.step()
-                policy.update_routing_bias(cfg.bias_update_speed)
-            else:
-                logs["skipped_steps"] = logs.get("skipped_steps", 0) + 1
-            optimizer.zero_grad(set_to_none=True)
-    times["time/update"] = time.perf_counter() - t2
-
-    total_w = sum(w for w, _ in agg) or 1
-    for key in agg[0][1]:
-        if key in ("ratio_min",):
-            logs[key] = min(s[key] for _, s in agg)
-        elif key in ("ratio_max",):
-            logs[key] = max(s[key] for _, s in agg)
-        else:
-            logs[key] = sum(w * s[key] for w, s in agg) / total_w
-    logs["loss"] = sum(losses) / len(losses)
-    step_time = time.perf_counter() - t0
-    n_gen = int(sample.mask.sum())
-    return {
-        "reward": ro.rewards.mean().item(),
-        **behaviour_stats(ro),
-        "zero_variance_groups": 1.0 - filter_groups(ro.rewards_by_group()).float().mean().item(),
-        "sampled_groups": n_sampled,
-        **logs,
-        **times,
-        "time/step": step_time,
-        "gen_tokens_per_s": n_gen / max(times["time/generate"], 1e-9),
-        "train_tokens_per_s": cfg.mu * batch.key_mask.sum().item() / max(times["time/update"], 1e-9),
-    }
-
-
-def pack_rows(batch, rows):
-    """The sub-batch of a packed Batch at the given row indices."""
-    return Batch(tokens=batch.tokens[rows], pos=batch.pos[rows], key_mask=batch.key_mask[rows], mask=batch.mask[rows],
-                 routing=None if batch.routing is None else [r[rows] for r in batch.routing])
+    def summary(self) -> dict:
+        total = sum(w for w, _ in self.rows) or 1.0
+        out = {}
+        for key in self.rows[0][1] if self.rows else ():
+            values = [s[key] for _, s in self.rows]
+            out[key] = (min(values) if key == "ratio_min" else max(values) if key == "ratio_max"
+                        else sum(w * s[key] for w, s in self.rows) / total)
+        return out

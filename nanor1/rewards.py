@@ -1,18 +1,20 @@
 """
 Rule rewards of R1-Zero and R1 (paper sec. 2.2.2 and 2.3.2): no reward model, only rules a policy cannot talk
-its way around.
+its way around. Each reads a completion through its Template (nanor1/templates.py), which knows where the reasoning
+and the final answer sit, so the same rules score R1-Zero's tags and R1's "<think>...</think> summary \\boxed{}".
 
-    format_reward(completion)                 1.0 iff "<think> ... </think> <answer> ... </answer>" exactly
-    accuracy_reward(completion, problem)      by problem.kind: "math" (math_equal on the <answer>), "countdown"
-                                              (the equation is checked), "code" (tests run in nanor1.sandbox)
-    countdown_reward(completion, numbers, target)
-    language_consistency_reward(completion, lang)   R1 stage 2: share of the reasoning's words in the target script
-    compute_rewards(completions, problems, weights) -> (total, components)   weighted sum of the named rewards
+    format_reward(completion, template)             1.0 iff the completion has exactly the template's structure
+    accuracy_reward(completion, problem, template)  by problem.kind: "math" (math_equal on the final answer),
+                                                    "countdown" (the equation is checked), "code" (tests in the sandbox)
+    countdown_reward(equation, numbers, target)
+    language_consistency_reward(completion, lang, template)   R1 stage 2: share of the reasoning's words in the
+                                                    target language's script
+    compute_rewards(completions, problems, weights, template) -> (total, components)   weighted sum of the rewards
 
 Choices made here (the paper leaves them open):
-- accuracy requires the answer tag: a completion without "<answer>...</answer>" earns 0 accuracy, as the R1-Zero
-  template asks for the answer there. Inside the tag a \\boxed{} is unwrapped. format and accuracy stay separate
-  rewards, so the weights decide how much the tags themselves are worth.
+- accuracy needs the template's answer marker (R1-Zero: the <answer> tag; R1: a \\boxed{} in the summary): a
+  completion without it earns 0 accuracy. format and accuracy stay separate rewards, so the weights decide how much
+  the structure itself is worth.
 - countdown: only + - * / and parentheses over the given numbers, each used exactly once, no unary minus, exact
   rational arithmetic; "expr = target" is accepted as well as "expr".
 - language consistency ignores numbers, punctuation, $...$ math, LaTeX commands and single Latin letters (variables).
@@ -22,7 +24,7 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from nanor1.math_grader import extract_answer, math_equal
+from nanor1.math_grader import math_equal
 
 MAX_EQUATION_CHARS = 200   # a countdown answer longer than this is refused
 MAX_NESTING = 30           # countdown parentheses
@@ -31,23 +33,9 @@ MAX_NESTING = 30           # countdown parentheses
 # ---------------------------------------------------------------------------------------------------------------
 # format
 
-_THINK_ANSWER = re.compile(r"\s*<think>(.*)</think>\s*<answer>(.*)</answer>\s*", re.DOTALL)
-_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-
-
-def format_reward(completion: str) -> float:
-    """1.0 iff the completion is "<think> reasoning </think> <answer> answer </answer>", both parts non-empty."""
-    if not isinstance(completion, str) or any(completion.count(tag) != 1 for tag in _TAGS):
-        return 0.0  # missing, duplicated or nested tags
-    m = _THINK_ANSWER.fullmatch(completion)  # nothing before <think> or after </answer>, tags in order
-    return float(bool(m and m.group(1).strip() and m.group(2).strip()))
-
-
-def _answer_tag(completion: str) -> str | None:
-    """Content of the last <answer>...</answer>, or None."""
-    i = completion.rfind("<answer>")
-    j = completion.find("</answer>", i)
-    return completion[i + len("<answer>"):j] if i >= 0 and j >= 0 else None
+def format_reward(completion: str, template) -> float:
+    """1.0 iff the completion has exactly the template's structure, each part non-empty (Template.well_formed)."""
+    return float(template.well_formed(completion))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,9 +107,10 @@ def _evaluate(tokens: list[str]) -> tuple[Fraction, list[int]]:
     return value, used
 
 
-def countdown_reward(completion: str, numbers: list[int], target: int) -> float:
-    """1.0 iff the <answer> equation uses each given number exactly once and evaluates to the target."""
-    answer = _answer_tag(completion) if isinstance(completion, str) else None
+def countdown_reward(equation: str | None, numbers: list[int], target: int) -> float:
+    """1.0 iff the equation (a completion's final answer) uses each given number exactly once and evaluates to the
+    target."""
+    answer = equation if isinstance(equation, str) else None
     if answer is None or len(answer) > MAX_EQUATION_CHARS:
         return 0.0
     tokens = _tokens(answer)
@@ -148,8 +137,9 @@ _NEUTRAL = re.compile(r"\$[^$]*\$|\\[a-zA-Z]+")  # inline math and LaTeX command
 _SCRIPT = {"en": "latin", "zh": "cjk"}
 
 
-def language_consistency_reward(completion: str, lang: str = "en") -> float:
-    """Share of the words in <think> (else the whole text) written in the target language's script; 0 if none.
+def language_consistency_reward(completion: str, lang: str, template) -> float:
+    """Share of the reasoning's words (the template's thinking block, else the whole text) written in the target
+    language's script; 0 if there are none.
 
     A Latin word of 2+ letters is one word, each CJK character is one word, any other script's letter run is one
     word; numbers, punctuation, math and single letters are neutral."""
@@ -157,10 +147,8 @@ def language_consistency_reward(completion: str, lang: str = "en") -> float:
         raise ValueError(f"unsupported language {lang!r}; supported: {sorted(_SCRIPT)}")
     if not isinstance(completion, str):
         return 0.0
-    text = completion
-    if (i := text.find("<think>")) >= 0:
-        j = text.find("</think>", i)
-        text = text[i + len("<think>"):j if j >= 0 else len(text)]
+    text = template.reasoning(completion)
+    text = completion if text is None else text
     counts = Counter(m.lastgroup for m in _WORD.finditer(_NEUTRAL.sub(" ", text)) if m.lastgroup)
     total = sum(counts.values())
     return counts[_SCRIPT[lang]] / total if total else 0.0
@@ -169,50 +157,61 @@ def language_consistency_reward(completion: str, lang: str = "en") -> float:
 # ---------------------------------------------------------------------------------------------------------------
 # accuracy and the composition used by the RL loops
 
-def accuracy_reward(completion: str, problem) -> float:
-    """1.0 if the completion's answer is right for problem.kind ("math", "countdown", "code"), else 0.0."""
-    kind = problem.kind
-    if kind == "math":
-        if not isinstance(completion, str) or _answer_tag(completion) is None:
-            return 0.0  # the answer must be in <answer>...</answer>
-        return float(math_equal(extract_answer(completion), problem.answer))  # ValueError only for a bad gold
-    if kind == "countdown":
-        return countdown_reward(completion, problem.data["numbers"], problem.data["target"])
-    if kind == "code":
+def grade_answer(answer: str | None, problem) -> float:
+    """1.0 if a final answer (already extracted) is right for a "math" or "countdown" problem, else 0.0."""
+    if problem.kind == "math":
+        return float(answer is not None and math_equal(answer, problem.answer))  # ValueError only for a bad gold
+    if problem.kind == "countdown":
+        return countdown_reward(answer, problem.data["numbers"], problem.data["target"])
+    raise ValueError(f"problem {getattr(problem, 'id', '?')!r}: grade_answer needs kind 'math' or 'countdown', "
+                     f"got {problem.kind!r}")
+
+
+def accuracy_reward(completion: str, problem, template) -> float:
+    """1.0 if the completion's final answer (as the template marks it) is right for problem.kind ("math",
+    "countdown", "code"), else 0.0."""
+    if problem.kind in ("math", "countdown"):
+        return grade_answer(template.final_answer(completion), problem)  # None without the template's marker: 0
+    if problem.kind == "code":
         from nanor1.sandbox import code_reward  # imported lazily: only code tasks need the sandbox
         return float(code_reward(completion, problem.data["tests"]))
-    raise ValueError(f"problem {getattr(problem, 'id', '?')!r} has unknown kind {kind!r} "
+    raise ValueError(f"problem {getattr(problem, 'id', '?')!r} has unknown kind {problem.kind!r} "
                      f"(expected 'math', 'countdown' or 'code')")
 
 
-def _format(completion: str, problem) -> float:
-    return format_reward(completion)
+def _format(completion: str, problem, template) -> float:
+    return format_reward(completion, template)
 
 
-def _language(completion: str, problem) -> float:
-    return language_consistency_reward(completion, problem.data.get("lang", "en"))
+def _language(completion: str, problem, template) -> float:
+    return language_consistency_reward(completion, problem.data.get("lang", "en"), template)
 
 
-REWARDS = {"accuracy": accuracy_reward, "format": _format, "language": _language}  # name -> f(completion, problem)
+# name -> f(completion, problem, template)
+REWARDS = {"accuracy": accuracy_reward, "format": _format, "language": _language}
 
 
-def compute_rewards(completions: list[str], problems: list, weights: dict[str, float]):
+def compute_rewards(completions: list[str], problems: list, weights: dict[str, float], template):
     """Weighted sum of the named rewards per completion -> (total [B], {name: [B]} for logging)."""
     unknown = sorted(set(weights) - set(REWARDS))
     if unknown:
         raise ValueError(f"unknown reward(s) {unknown}; valid names: {sorted(REWARDS)}")
     if len(completions) != len(problems):
         raise ValueError(f"{len(completions)} completions but {len(problems)} problems")
-    components = {name: [float(REWARDS[name](c, p)) for c, p in zip(completions, problems)] for name in weights}
+    components = {name: [float(REWARDS[name](c, p, template)) for c, p in zip(completions, problems)]
+                  for name in weights}
     total = [sum(weights[name] * components[name][i] for name in weights) for i in range(len(completions))]
     return total, components
 
 
 if __name__ == "__main__":
     from types import SimpleNamespace
+    from nanor1.templates import TEMPLATES
     p = SimpleNamespace(id="demo", question="3 + 7 - 5", answer="5", kind="math", data={})
     for c in ["<think> 3 + 7 = 10, 10 - 5 = 5 </think> <answer> 5 </answer>",
               "<think> 3 + 7 - 5 </think> <answer> 3 + 7 - 5 </answer>",
+              "<think>\n3 + 7 = 10, 10 - 5 = 5\n</think>\nThe answer is \\boxed{5}.",
               "the answer is 5"]:
-        print(repr(c), compute_rewards([c], [p], {"accuracy": 1.0, "format": 0.5, "language": 0.1}))
-    print(countdown_reward("<answer> (6 - 2) * 3 + 12 </answer>", [6, 2, 3, 12], 24))
+        for t in TEMPLATES.values():
+            print(f"{t.name:8s} {c!r:70} {compute_rewards([c], [p], {'accuracy': 1.0, 'format': 0.5}, t)}")
+    print(countdown_reward("(6 - 2) * 3 + 12", [6, 2, 3, 12], 24))

@@ -1,134 +1,179 @@
 """
-Rollouts: problems in, scored completions out. The glue between the sampler and the rewards, shared by the RL step
-(nanor1/grpo.py), the base-model report (pretrain.py) and evaluation.
+Rollouts: problems in, scored completions out. The glue between the sampler and the rewards, shared by the RL
+scripts (train_zero.py, train_r1.py), the base-model report (pretrain.py) and evaluation.
 
-    ro = rollout(model, tokenizer, problems, group_size=G, reward_fn=..., max_new_tokens=..., seed=...)
+    ro = rollout(model, tokenizer, problems, template=get_template("r1-zero"), params=SamplingParams(...),
+                 group_size=G, reward_fn=rule_rewards({"accuracy": 1.0, "format": 0.1}, template), seed=...)
     ro.texts[i], ro.rewards[i], ro.components["accuracy"][i]        # i = problem * G + sample (prompt-major)
 
-Prompts use the R1-Zero template (paper Table 1): BOS + "A conversation between User and Assistant ... User:
-{question}. Assistant:". Generation stops at EOS or at the `</answer>` tag, the end of the format the rule rewards
-check, so nothing after it is ever generated or trained on.
+The template (nanor1/templates.py) turns each question into a prompt (after the tokenizer's BOS) and says what ends
+a completion: EOS, plus its stop strings (R1-Zero: "</answer>", so nothing after the answer is ever generated or
+trained on). A stop string that is one token in the vocabulary (the tiny BPE's "</answer>") is matched as a token
+id on the device; one that a real vocabulary spells with several tokens is matched on the decoded text.
+
+Dynamic sampling (DAPO, `fill_groups`): a group whose G rewards are all equal has zero advantage and teaches
+nothing; such groups are dropped and replaced by groups for new questions until the batch is full again.
 
 evaluate() reports what R1 reports (paper sec. 3): pass@1 averaged over k samples per problem (temperature 0.6,
 top-p 0.95 by default), cons@k (majority vote over the k extracted answers), plus the behaviours Figures 2-3 and
 the "aha moment" discussion track: format compliance, response length, and the rate of reflection phrases.
+
+Shapes: N problems, G completions per problem, rows = N * G, T completion tokens.
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
 
-from nanor1.math_grader import extract_answer
-from nanor1.rewards import accuracy_reward, compute_rewards
-from nanor1.sampler import Rollout, generate
+from nanor1.grpo import filter_groups
+from nanor1.rewards import compute_rewards, grade_answer
+from nanor1.sampler import Generation, SamplingParams, generate
 from nanor1.scoring import majority_vote, mean_pass_at_1, pass_at_k
-from nanor1.tokenizer import r1_zero_prompt
 
 # phrases of re-examination ("wait, let me check", "let me verify"): the paper's "aha moment" signal
 REFLECTION = re.compile(r"\b(wait|let me check|let me verify|re-?check|double[- ]check|verify)\b", re.IGNORECASE)
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    """BOS + the R1-Zero template around the question, as token ids."""
+def prompt_ids(tokenizer, template, question: str) -> list[int]:
+    """BOS + the template's prompt around the question, as token ids."""
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-    return bos + tokenizer.encode(r1_zero_prompt(question))
+    return bos + tokenizer.encode(template.prompt(question))
 
 
-def stop_ids(tokenizer) -> list[int]:
-    """Token ids that end a completion: EOS, and the closing answer tag when the vocabulary has it as one token."""
-    ids = [tokenizer.eos_id]
-    try:
-        ids.append(tokenizer.token_id("</answer>"))
-    except ValueError:
-        pass
-    return ids
+def stops(tokenizer, template) -> dict:
+    """What ends a completion, as SamplingParams fields: EOS and every stop string that is a single token as ids,
+    the others as text."""
+    ids, strings = [tokenizer.eos_id], []
+    for s in template.stop_strings:
+        try:
+            ids.append(tokenizer.token_id(s))
+        except ValueError:  # a real vocabulary spells "</answer>" with several tokens: match it as text
+            strings.append(s)
+    return dict(stop_ids=tuple(ids), stop_strings=tuple(strings))
+
+
+def rule_rewards(weights: dict[str, float], template):
+    """The rule rewards of R1-Zero: reward_fn(texts, problems) -> (weighted totals, named components)."""
+    return partial(compute_rewards, weights=weights, template=template)
 
 
 @dataclass
 class Rollouts:
     problems: list                   # N problems
     group_size: int                  # G completions each; rows are prompt-major (problem i -> rows i*G .. i*G+G-1)
-    sample: Rollout                  # the sampler's output: tokens, logprobs, mask, finish_reason, routing
+    gen: Generation                  # the sampler's output: tokens, logprobs, mask, finish_reason, routing
     texts: list[str]                 # N*G decoded completions
     rewards: torch.Tensor            # [N*G] float32: the weighted total
     components: dict[str, list[float]] = field(default_factory=dict)  # each named reward, per row
 
     @property
     def lengths(self) -> torch.Tensor:
-        return self.sample.mask.sum(1)                                   # [N*G] completion tokens
+        return self.gen.mask.sum(1)                                      # [N*G] completion tokens
 
     def rewards_by_group(self) -> torch.Tensor:
         return self.rewards.view(len(self.problems), self.group_size)   # [N, G]
 
+    def groups(self, keep: list[int]) -> "Rollouts":
+        """The rollouts of the given problems (groups), in that order."""
+        G = self.group_size
+        rows = [i * G + j for i in keep for j in range(G)]
+        return Rollouts(problems=[self.problems[i] for i in keep], group_size=G, gen=self.gen.select(rows),
+                        texts=[self.texts[r] for r in rows], rewards=self.rewards[rows],
+                        components={k: [v[r] for r in rows] for k, v in self.components.items()})
 
-def default_reward_fn(weights: dict[str, float]):
-    """The rule rewards of R1-Zero: reward_fn(texts, problems) -> weighted sum of named rule rewards, components."""
-    return partial(compute_rewards, weights=weights)
+    @staticmethod
+    def cat(parts: list["Rollouts"]) -> "Rollouts":
+        """The groups of several Rollouts (same group size) in one."""
+        return Rollouts(problems=[p for ro in parts for p in ro.problems], group_size=parts[0].group_size,
+                        gen=Generation.cat([ro.gen for ro in parts]), texts=[t for ro in parts for t in ro.texts],
+                        rewards=torch.cat([ro.rewards for ro in parts]),
+                        components={k: [v for ro in parts for v in ro.components[k]] for k in parts[0].components})
 
 
 @torch.no_grad()
-def rollout(model, tokenizer, problems, *, group_size: int, reward_fn, max_new_tokens: int,
-            temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
+def rollout(model, tokenizer, problems, *, template, params: SamplingParams, group_size: int = 1, reward_fn=None,
             seed: int | None = None, prefix: list[str] | None = None, record_routing: bool = False,
             decode_mode: str = "eager") -> Rollouts:
     """Sample group_size completions for each problem and score them.
 
-    prefix: optional forced start of each completion (one string per problem, e.g. " <think> 3 + 7 = 10"); it is
-    part of the prompt for the sampler and of the text for the rewards. reward_fn(texts, problems) returns
-    (totals, components). decode_mode: the sampler's decode step ("eager", "static", "cuda_graph"; see sampler.py).
+    params: the sampling distribution and length; the template's stops are added to it. reward_fn(texts, problems)
+    returns (totals, components); None scores nothing (rewards 0). prefix: optional forced start of each completion
+    (one string per problem, e.g. " <think> 3 + 7 = 10"); it is part of the prompt for the sampler and of the text
+    for the rewards. seed: one stream per problem (seed * 1_000_003 + i), so a problem's samples do not depend on
+    its batch. decode_mode: the sampler's decode step ("eager", "static", "cuda_graph"; see sampler.py).
     """
-    prompts = [prompt_ids(tokenizer, p.question) for p in problems]
+    prompts = [prompt_ids(tokenizer, template, p.question) for p in problems]
     if prefix is not None:
         prompts = [ids + tokenizer.encode(pre) for ids, pre in zip(prompts, prefix)]
     seeds = None if seed is None else [seed * 1_000_003 + i for i in range(len(problems))]
-    stops = stop_ids(tokenizer)
-    # a real checkpoint's vocabulary spells "</answer>" with several tokens: match it as text instead
-    stop_strings = None if len(stops) > 1 else ["</answer>"]
-    sample = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                      top_k=top_k, greedy=greedy, eos_id=stops, stop_strings=stop_strings, decode=tokenizer.decode,
-                      group_size=group_size, seed=seeds, record_routing=record_routing, decode_mode=decode_mode)
-    texts = [tokenizer.decode(ids, skip_special=True) for ids in sample.completions()]
+    gen = generate(model, prompts, replace(params, **stops(tokenizer, template)), group_size=group_size, seed=seeds,
+                   decode=tokenizer.decode, record_routing=record_routing, decode_mode=decode_mode)
+    texts = [tokenizer.decode(ids, skip_special=True) for ids in gen.completions()]
     if prefix is not None:
         texts = [prefix[i // group_size] + t for i, t in enumerate(texts)]
-    repeated = [p for p in problems for _ in range(group_size)]
-    totals, components = reward_fn(texts, repeated)
-    return Rollouts(problems=list(problems), group_size=group_size, sample=sample, texts=texts,
+    totals, components = [0.0] * len(texts), {}
+    if reward_fn is not None:
+        totals, components = reward_fn(texts, [p for p in problems for _ in range(group_size)])
+    return Rollouts(problems=list(problems), group_size=group_size, gen=gen, texts=texts,
                     rewards=torch.as_tensor(totals, dtype=torch.float32), components=components)
 
 
+def informative_groups(ro: Rollouts) -> list[int]:
+    """Indices of the groups whose rewards are not all equal (an all-equal group has zero advantage)."""
+    return filter_groups(ro.rewards_by_group()).nonzero().flatten().tolist()
+
+
+def fill_groups(ro: Rollouts, more, max_refills: int) -> tuple[Rollouts, int]:
+    """Dynamic sampling (DAPO): keep the informative groups of `ro` and add those of more(n, attempt) -> Rollouts
+    for n new questions, until there are as many groups as before or max_refills is spent. If no group at all is
+    informative, `ro` comes back as it is (all advantages 0). Returns (Rollouts, number of groups sampled)."""
+    want, sampled = len(ro.problems), len(ro.problems)
+    kept = [ro.groups(informative_groups(ro))]
+    for attempt in range(max_refills):
+        have = sum(len(k.problems) for k in kept)
+        if have >= want:
+            break
+        extra = more(want - have, attempt)
+        sampled += len(extra.problems)
+        kept.append(extra.groups(informative_groups(extra)))
+    kept = [k for k in kept if k.problems]
+    if not kept:
+        return ro, sampled
+    merged = Rollouts.cat(kept)
+    return merged.groups(list(range(min(want, len(merged.problems))))), sampled
+
+
 def behaviour_stats(ro: Rollouts) -> dict:
-    """Format rate, response length, reflection and truncation rates of a set of completions."""
+    """Response length, reflection and truncation rates, and each reward component's mean."""
     n = len(ro.texts)
     stats = {
         "mean_length": ro.lengths.float().mean().item(),
         "reflection_rate": sum(bool(REFLECTION.search(t)) for t in ro.texts) / n,
-        "truncation_rate": sum(r == "length" for r in ro.sample.finish_reason) / n,
+        "truncation_rate": sum(r == "length" for r in ro.gen.finish_reason) / n,
     }
     for name, values in ro.components.items():
         stats[f"reward/{name}"] = sum(values) / n
     return stats
 
 
-def evaluate(model, tokenizer, problems, *, k: int = 8, temperature: float = 0.6, top_p: float = 0.95,
+def evaluate(model, tokenizer, problems, *, template, k: int = 8, temperature: float = 0.6, top_p: float = 0.95,
              max_new_tokens: int = 256, seed: int = 0, n_examples: int = 4, decode_mode: str = "eager") -> dict:
     """pass@1 (mean over k samples), pass@k, cons@k, format rate and behaviour stats on held-out problems."""
-    ro = rollout(model, tokenizer, problems, group_size=k, reward_fn=default_reward_fn({"accuracy": 1.0, "format": 1.0}),
-                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                 decode_mode=decode_mode)
+    ro = rollout(model, tokenizer, problems, template=template, group_size=k, seed=seed, decode_mode=decode_mode,
+                 params=SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p),
+                 reward_fn=rule_rewards({"accuracy": 1.0, "format": 1.0}, template))
     correct = [[c > 0.5 for c in ro.components["accuracy"][i * k:(i + 1) * k]] for i in range(len(problems))]
     cons = 0
     for i, problem in enumerate(problems):
-        group = ro.texts[i * k:(i + 1) * k]
-        # vote only over answers given in the <answer> tag, as accuracy_reward reads them
-        answers = [extract_answer(t) if "</answer>" in t else None for t in group]
-        voted = majority_vote(answers) if problem.kind == "math" else None
-        if voted is None and problem.kind != "math":  # equations: vote over exact strings
+        answers = [template.final_answer(t) for t in ro.texts[i * k:(i + 1) * k]]   # None: no answer, no vote
+        if problem.kind == "math":
+            voted = majority_vote(answers)              # equivalent answers (0.5, 1/2) vote together
+        else:                                           # equations: vote over exact strings
             real = [a for a in answers if a is not None]
             voted = max(real, key=real.count) if real else None
-        if voted is not None:
-            cons += accuracy_reward(f"<think> </think> <answer> {voted} </answer>", problem) > 0.5
-    report = {
+        cons += voted is not None and grade_answer(voted, problem) > 0.5
+    return {
         "pass@1": mean_pass_at_1(correct),
         f"pass@{k}": sum(pass_at_k(k, sum(c), k) for c in correct) / len(correct),
         f"cons@{k}": cons / len(problems),
@@ -137,13 +182,15 @@ def evaluate(model, tokenizer, problems, *, k: int = 8, temperature: float = 0.6
         "examples": [{"question": problems[i // k].question, "completion": ro.texts[i],
                       "correct": bool(correct[i // k][i % k])} for i in range(0, min(n_examples * k, len(ro.texts)), k)],
     }
-    return report
 
 
-def forced_mode_accuracy(model, tokenizer, task, problems, *, max_new_tokens: int = 256) -> float:
-    """Accuracy when the completion is forced to start reasoning: prefill " <think> " plus the first line of the
-    worked solution, then decode greedily. High means the base holds a reliable mode that RL can select."""
-    prefix = [" <think> " + task.worked_solution(p)[0] for p in problems]
-    ro = rollout(model, tokenizer, problems, group_size=1, reward_fn=default_reward_fn({"accuracy": 1.0}),
-                 max_new_tokens=max_new_tokens, greedy=True, prefix=prefix)
+def forced_mode_accuracy(model, tokenizer, task, problems, *, template, max_new_tokens: int = 256) -> float:
+    """Accuracy when the completion is forced to start reasoning: prefill the template's response up to the first
+    line of the worked solution, then decode greedily. High means the base holds a reliable mode RL can select."""
+    marker = "\x00"   # where the reasoning starts in the template's response
+    head = template.response(marker, "").split(marker)[0]               # R1-Zero: " <think> "
+    prefix = [head + task.worked_solution(p)[0] for p in problems]
+    ro = rollout(model, tokenizer, problems, template=template, group_size=1, prefix=prefix,
+                 params=SamplingParams(max_new_tokens=max_new_tokens, greedy=True),
+                 reward_fn=rule_rewards({"accuracy": 1.0}, template))
     return sum(ro.components["accuracy"]) / len(problems)

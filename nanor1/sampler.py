@@ -5,9 +5,10 @@ GRPO (R1 eq. 1) samples a group of G completions per question from the old polic
 wall time of an RL step. This file generates with one pass over the weights and the cache per token, and hands the
 trainer exactly what it needs:
 
-    ro    = generate(model, prompts, max_new_tokens=..., group_size=G, eos_id=..., seed=...)    # a Rollout
-    batch = pack(ro.prompts, ro.tokens, ro.mask, ro.routing)       # the trainer's input, in the sampler's layout
-    logp  = token_logprobs(model, batch, ro.temperature)           # [N, T]: logp, old_logp or ref_logp
+    params = SamplingParams(max_new_tokens=..., temperature=..., stop_ids=(eos,))    # validated once
+    gen    = generate(model, prompts, params, group_size=G, seed=...)   # a Generation
+    batch  = pack(gen.prompts, gen.tokens, gen.mask, gen.routing)     # the trainer's input, in the sampler's layout
+    logp   = token_logprobs(model, batch, gen.temperature)            # [N, T]: logp, old_logp or ref_logp
 
 How generation works
 - Layout. Prompts are LEFT-padded to the longest (P tokens), so all rows write the same cache slot at each step and
@@ -32,7 +33,7 @@ How generation works
   per prompt (seed=[...]) a row's samples do not depend on what it is batched with. Uniforms are drawn step-major,
   so a longer max_new_tokens with the same seed extends the same completions.
 
-Which log-probs. Rollout.logprobs is log softmax(logits / temperature) of the drawn token: the temperature-scaled
+Which log-probs. Generation.logprobs is log softmax(logits / temperature) of the drawn token: the temperature-scaled
 policy *before* top-k/top-p truncation. That is the policy the trainer optimises (verl, TRL and OpenRLHF also scale
 the trainer's logits by the sampling temperature) and token_logprobs(model, batch, temperature) recomputes it from
 one forward, with no knowledge of the truncation. With top_k=0 and top_p=1 (the defaults; what RL should use) it is
@@ -64,8 +65,41 @@ PREFILL_TOKENS = 2 ** 16  # prefill at most this many prompt tokens at once (bou
 COMPACT_AT = 0.25         # drop finished rows from the decode batch once they are this share of it
 
 
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample, validated once: the length limit, the distribution (temperature, top-k, top-p or greedy) and
+    what ends a row (stop token ids such as EOS, stop strings matched on the decoded text)."""
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    stop_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {self.temperature}")
+        if not 0 < self.top_p <= 1 or isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"need 0 < top_p <= 1 and an int top_k >= 0, got top_p={self.top_p}, top_k={self.top_k}")
+        stop_ids = (self.stop_ids,) if isinstance(self.stop_ids, int) else tuple(self.stop_ids)
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in stop_ids):
+            raise ValueError(f"stop_ids must be token ids (ints >= 0), got {self.stop_ids!r}")
+        if isinstance(self.stop_strings, str) or not all(isinstance(x, str) and x for x in self.stop_strings):
+            raise ValueError(f"stop_strings must be a list of non-empty strings, got {self.stop_strings!r}")
+        object.__setattr__(self, "stop_ids", stop_ids)                  # frozen: set the normalised tuples once
+        object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
+
+    def distribution(self) -> dict:
+        """The keyword arguments of sample()."""
+        return dict(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, greedy=self.greedy)
+
+
 @dataclass
-class Rollout:
+class Generation:
+    """What generate() returns: N = prompts * group_size rows of completions, with the sampler's log-probs."""
     prompts: list[list[int]]         # N: the prompt of each row (each prompt G times, prompt-major)
     tokens: torch.Tensor             # [N, T] long: generated ids, PAD after the row stopped
     logprobs: torch.Tensor           # [N, T] float32: log softmax(logits / temperature) of each token, 0 if masked
@@ -78,6 +112,35 @@ class Rollout:
     def completions(self) -> list[list[int]]:
         """The generated ids of each row, without padding."""
         return [row[:n] for row, n in zip(self.tokens.tolist(), self.mask.sum(1).tolist())]
+
+    def select(self, rows: list[int]) -> "Generation":
+        """The given rows, in that order."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.tokens.device)
+        return Generation(prompts=[self.prompts[i] for i in rows], tokens=self.tokens[idx], logprobs=self.logprobs[idx],
+                          mask=self.mask[idx], finish_reason=[self.finish_reason[i] for i in rows],
+                          temperature=self.temperature,
+                          routing=None if self.routing is None else [r[idx.to(r.device)] for r in self.routing])
+
+    @staticmethod
+    def cat(parts: list["Generation"]) -> "Generation":
+        """Rows of several generations (same temperature) in one: completions padded on the right to the longest,
+        routing padded to the widest prompt padding (left) and the longest completion (right), as pack() lays it out."""
+        if len({g.temperature for g in parts}) != 1:
+            raise ValueError("cannot concatenate generations sampled at different temperatures")
+        T = max(g.tokens.size(1) for g in parts)
+        right = lambda x, v: torch.nn.functional.pad(x, (0, T - x.size(1)), value=v)  # noqa: E731
+        routing = None
+        if all(g.routing is not None for g in parts):
+            P = max(g.routing[0].size(1) - g.tokens.size(1) + 1 for g in parts)        # widest prompt padding
+            routing = [torch.cat([torch.nn.functional.pad(
+                g.routing[m], (0, 0, P - (g.routing[m].size(1) - g.tokens.size(1) + 1), T - g.tokens.size(1)))
+                for g in parts]) for m in range(len(parts[0].routing))]               # each [N, P + T - 1, K]
+        return Generation(prompts=[p for g in parts for p in g.prompts],
+                          tokens=torch.cat([right(g.tokens, PAD) for g in parts]),
+                          logprobs=torch.cat([right(g.logprobs, 0.0) for g in parts]),
+                          mask=torch.cat([right(g.mask, False) for g in parts]),
+                          finish_reason=[r for g in parts for r in g.finish_reason],
+                          temperature=parts[0].temperature, routing=routing)
 
 
 def kv_bytes_per_token(model) -> int:
@@ -224,41 +287,34 @@ DECODE_MODES = ("eager", "static", "cuda_graph")
 
 
 @torch.no_grad()
-def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-             top_k: int = 0, greedy: bool = False, eos_id: int | Sequence[int] | None = None,
-             stop_strings: Sequence[str] | None = None, decode: Callable[[list[int]], str] | None = None,
-             group_size: int = 1, seed: int | Sequence[int] | None = None, record_routing: bool = False,
-             check_every: int = 8, compact: bool = True, decode_mode: str = "eager",
-             compile: bool = False) -> Rollout:
-    """Complete each prompt group_size times; returns a Rollout with N = len(prompts) * group_size rows.
+def generate(model, prompts: list[list[int]], params: SamplingParams, *, group_size: int = 1,
+             seed: int | Sequence[int] | None = None, decode: Callable[[list[int]], str] | None = None,
+             record_routing: bool = False, check_every: int = 8, compact: bool = True, decode_mode: str = "eager",
+             compile: bool = False) -> Generation:
+    """Complete each prompt group_size times; returns a Generation with N = len(prompts) * group_size rows.
 
-    Rows stop at an eos_id token or once their text contains a stop string (decode: ids -> text; needed with
-    stop_strings), else after max_new_tokens. greedy takes the argmax; otherwise tokens are drawn from
-    softmax(logits / temperature), truncated by top_k / top_p. seed: int, or one int per prompt (see module
-    docstring); None draws one from torch's global RNG. record_routing keeps the MoE expert choice of every token.
-    check_every: decode steps between host syncs (all rows done? stop strings?). compact: at a check, drop the
-    finished rows from the batch once they are COMPACT_AT of it (same outputs, less work for the rest).
-    decode_mode: "eager" (the reference), "static" (fixed shapes: attend over all cache slots, masked) or
-    "cuda_graph" (the static step captured once and replayed; CUDA only). compile: torch.compile the model's step.
-    The model runs in eval mode under no_grad, and gets its mode back afterwards.
+    params: how to sample (SamplingParams). Rows stop at a params.stop_ids token or once their text contains one of
+    params.stop_strings (decode: ids -> text, needed with stop strings), else after params.max_new_tokens.
+    seed: int, or one int per prompt (see module docstring); None draws one from torch's global RNG.
+    record_routing keeps the MoE expert choice of every token. check_every: decode steps between host syncs (all
+    rows done? stop strings?). compact: at a check, drop the finished rows from the batch once they are COMPACT_AT
+    of it (same outputs, less work for the rest). decode_mode: "eager" (the reference), "static" (fixed shapes:
+    attend over all cache slots, masked) or "cuda_graph" (the static step captured once and replayed; CUDA only).
+    compile: torch.compile the model's step. The model runs in eval mode under no_grad, and gets its mode back.
     """
     cfg, device = model.cfg, model.embed.weight.device
+    if not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
     _check_prompts(prompts, cfg.vocab_size)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > cfg.max_seq_len:
-        raise ValueError(f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+    if longest + params.max_new_tokens > cfg.max_seq_len:
+        raise ValueError(f"longest prompt ({longest}) + max_new_tokens ({params.max_new_tokens}) exceeds the model's "
                          f"max_seq_len={cfg.max_seq_len}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature}")
-    if not 0 < top_p <= 1 or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"need 0 < top_p <= 1 and an int top_k >= 0, got top_p={top_p}, top_k={top_k}")
     if not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
     if not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
-    if stop_strings is not None and decode is None:
+    if params.stop_strings and decode is None:
         raise ValueError("stop_strings need decode (a function from token ids to text)")
     if decode_mode not in DECODE_MODES:
         raise ValueError(f"decode_mode must be one of {DECODE_MODES}, got {decode_mode!r}")
@@ -271,18 +327,16 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
             # the fp32 expert path pads to the busiest expert's count, a shape only the host can know
             raise ValueError("decode_mode='cuda_graph' with MoE layers needs batched experts in bfloat16 (bf16 "
                              "weights or bf16 autocast: F.grouped_mm); use decode_mode='static' or 'eager' otherwise")
-    stops = StopStrings(stop_strings, decode) if stop_strings is not None else None
-    eos = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
-    eos = torch.tensor(eos, dtype=torch.long, device=device)
+    stops = StopStrings(params.stop_strings, decode) if params.stop_strings else None
+    eos = torch.tensor(params.stop_ids, dtype=torch.long, device=device)
     record = record_routing and bool(model.moe_layers())
 
     was_training = model.training
     model.eval()
     try:
         with attention_kernels():
-            return _generate(model, prompts, max_new_tokens, dict(temperature=temperature, top_p=top_p, top_k=top_k,
-                             greedy=greedy), eos, stops, group_size, seed, record, check_every, compact, decode_mode,
-                             compile)
+            return _generate(model, prompts, params, eos=eos, stops=stops, G=group_size, seed=seed, record=record,
+                             check_every=check_every, compact=compact, decode_mode=decode_mode, compile=compile)
     finally:
         model.train(was_training)
 
@@ -360,9 +414,10 @@ def _cuda_graph(step, d: _Decoding):
     return graph
 
 
-def _generate(model, prompts, max_new_tokens, sampling, eos, stops, G, seed, record, check_every, compact,
-              decode_mode, compile) -> Rollout:
+def _generate(model, prompts, params: SamplingParams, *, eos, stops, G, seed, record, check_every, compact,
+              decode_mode, compile) -> Generation:
     """generate()'s loop, on checked arguments."""
+    max_new_tokens, sampling = params.max_new_tokens, params.distribution()
     cfg, device = model.cfg, model.embed.weight.device
     B = len(prompts)
     N = B * G
@@ -438,7 +493,7 @@ def _generate(model, prompts, max_new_tokens, sampling, eos, stops, G, seed, rec
     lengths = d.lengths
     T = max(1, int(lengths.max()))
     mask = torch.arange(T, device=device)[None, :] < lengths[:, None]    # [N, T]
-    return Rollout(
+    return Generation(
         prompts=[p for p in prompts for _ in range(G)],
         tokens=d.out_tok[:, :T].masked_fill(~mask, PAD),
         logprobs=d.out_logp[:, :T].masked_fill(~mask, 0.0),
@@ -485,12 +540,17 @@ class Batch:
     def prompt_len(self) -> int:
         return self.tokens.size(1) - self.mask.size(1)
 
+    def rows(self, idx) -> "Batch":
+        """The sub-batch at the given row indices (a micro-batch)."""
+        return Batch(tokens=self.tokens[idx], pos=self.pos[idx], key_mask=self.key_mask[idx], mask=self.mask[idx],
+                     routing=None if self.routing is None else [r[idx] for r in self.routing])
+
 
 def pack(prompts: list[list[int]], completions, mask=None, routing=None, device=None) -> Batch:
     """The trainer's input for N prompts and their completions, in the sampler's layout (completion token t of every
     row at column P + t, so that logits column P + t - 1 scores it).
 
-    completions: a [N, T] tensor (with mask [N, T], default all real) or N lists of ids. routing: a Rollout's
+    completions: a [N, T] tensor (with mask [N, T], default all real) or N lists of ids. routing: a Generation's
     routing for these rows (its prompt padding may be wider; the extra left columns are dropped).
     """
     if len(prompts) == 0 or len(completions) != len(prompts):
@@ -513,7 +573,7 @@ def pack(prompts: list[list[int]], completions, mask=None, routing=None, device=
     if routing is not None:
         width = P + T - 1
         if any(r.size(0) != len(prompts) or r.size(1) < width for r in routing):
-            raise ValueError(f"routing must be per MoE layer [N={len(prompts)}, >= {width}, K] (from the Rollout of "
+            raise ValueError(f"routing must be per MoE layer [N={len(prompts)}, >= {width}, K] (from the Generation of "
                              f"these rows), got {[tuple(r.shape) for r in routing]}")
         batch.routing = [r[:, r.size(1) - width:].long().to(comp.device) for r in routing]
     return batch
@@ -546,7 +606,8 @@ if __name__ == "__main__":
     from nanor1.model import Transformer, get_config
     torch.manual_seed(0)
     model = Transformer(get_config("tiny"))
-    ro = generate(model, [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]], max_new_tokens=12, group_size=2, eos_id=7, seed=0)
+    ro = generate(model, [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]], SamplingParams(max_new_tokens=12, stop_ids=(7,)),
+                  group_size=2, seed=0)
     for p, c, lp, why in zip(ro.prompts, ro.completions(), ro.logprobs.sum(1).tolist(), ro.finish_reason):
         print(f"{p} -> {c}  ({why}, sum logp {lp:.2f})")
     print(f"KV cache: {kv_bytes_per_token(model)} bytes per token")

@@ -10,14 +10,10 @@ It is byte-level, so any text round-trips: decode(encode(s)) == s.
 
 Special tokens of the tiny BPE, each a single token that is never split:
   <|bos|> <|eos|> <|pad|>                   sequence markers; `decode(ids, skip_special=True)` drops only these
-  <|system|> <|user|> <|assistant|>         role markers of `chat_prompt`
+  <|system|> <|user|> <|assistant|>         role markers of the R1 chat template (nanor1/templates.py)
   <think> </think> <answer> </answer>       the R1 output tags; decode always keeps them, since the rewards read them
 
-Templates (paper, Table 1 and Sec. 2.3):
-- R1-Zero: `r1_zero_prompt(question)` fills the paper's template; the model then writes
-  " <think> reasoning </think> <answer> answer </answer>" (`r1_zero_completion`).
-- R1 / distillation chat: `chat_prompt(messages)` renders "<|user|>question<|assistant|>content<|eos|>...".
-  An R1-style assistant content is "<think>\\nreasoning\\n</think>\\nsummary" (`r1_response`).
+The prompt templates that use these tokens (R1-Zero's Table 1, R1's chat format) are in nanor1/templates.py.
 
 Deviation: `encode` never adds BOS/EOS (callers add `bos_id` themselves), and text that contains a special
 token's spelling (e.g. "<think>") is encoded as that special token.
@@ -130,53 +126,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 
     return Tokenizer(tok, BOS, EOS, PAD)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Templates
-
-R1_ZERO_TEMPLATE = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-    "The assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
-    "The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
-    "respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
-    "User: {prompt}. Assistant:"
-)
-
-
-def r1_zero_prompt(question: str) -> str:
-    """The paper's Table 1 template around `question` (ends with "Assistant:")."""
-    return R1_ZERO_TEMPLATE.format(prompt=question)
-
-
-def r1_zero_completion(reasoning: str, answer: str) -> str:
-    """What an R1-Zero model writes after the prompt: " <think> reasoning </think> <answer> answer </answer>"."""
-    return f" <think> {reasoning} </think> <answer> {answer} </answer>"
-
-
-def r1_response(reasoning: str, summary: str) -> str:
-    """An R1-style assistant message: the thinking block, then the summary the user reads."""
-    return f"<think>\n{reasoning}\n</think>\n{summary}"
-
-
-def chat_prompt(messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """Render [{"role", "content"}, ...] as "<|user|>...<|assistant|>...<|eos|>"; optionally open an assistant turn."""
-    parts = []
-    for i, m in enumerate(messages):
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLE_TOKENS or not isinstance(content, str):
-            raise ValueError(f"message {i} needs role in {list(ROLE_TOKENS)} and a str content, got {m!r}")
-        # EOS ends each assistant turn: it is the token at which generation stops
-        parts.append(ROLE_TOKENS[role] + content + (EOS if role == "assistant" else ""))
-    if add_generation_prompt:
-        parts.append(ROLE_TOKENS["assistant"])
-    return "".join(parts)
-
-
 if __name__ == "__main__":
-    texts = [r1_zero_prompt("3 + 7 + 5") + r1_zero_completion("3 + 7 = 10\n10 + 5 = 15", "15")] * 20
+    texts = ["User: 3 + 7 + 5. Assistant: <think> 3 + 7 = 10\n10 + 5 = 15 </think> <answer> 15 </answer>"] * 20
     t = train_bpe(texts, vocab_size=300)
     s = texts[0]
     ids = t.encode(s)
     print(f"vocab {t.vocab_size}, {len(s)} chars -> {len(ids)} tokens, round-trip {t.decode(ids) == s}")
     print([t.decode([i]) for i in t.encode(" <think> 10 + 15 = 25 </think>")])
-    reply = r1_response("2 + 2 = 4", "The answer is 4.")
-    print(chat_prompt([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": reply}]))

@@ -11,6 +11,7 @@ loop. Choices made here (the R1 paper does not specify them for our scale):
 - A non-finite gradient norm is reported, not raised: `clip_grad` returns it and the caller skips that step.
 """
 
+import argparse
 import contextlib
 import json
 import math
@@ -188,6 +189,39 @@ class JsonlLogger:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# ---- argparse types: a bad flag fails at start-up with a message naming it ----
+
+def _number(kind, ok, what):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value) or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "an integer > 0")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0, "a number > 0")
+nonnegative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def json_dict(text: str) -> dict:
+    """A JSON object given on the command line, e.g. '{"n_terms": 5}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"invalid JSON ({e.msg} at char {e.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', got {text!r}")
+    return value
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Tests for nanor1/math_grader.py: extraction, equivalence, refusals that keep the reward unhackable, and agreement
-with answer-grading cases taken from public grader test suites (shared/data/math_equal_cases.jsonl)."""
+"""Tests for nanor1/math_grader.py: extraction, equivalence, answer families written another way, refusals that keep
+the reward unhackable, and agreement with answer-grading cases taken from public grader test suites
+(shared/data/math_equal_cases.jsonl). nanor1/latex.py, which it parses with, has its own tests/test_latex.py."""
 import json
 import os
 import re
@@ -118,11 +119,69 @@ def test_hedged_answers_rejected(pred, gold):
 
 @pytest.mark.parametrize("pred, gold", [
     ("3 + 7 - 5", "5"), ("2 \\cdot 13", "26"), ("52/2", "26"), ("\\frac{52}{2}", "26"), ("30 - 4", "26"),
-    ("\\sqrt{676}", "26"), ("26^1", "26"), ("\\frac{28}{6}", "\\frac{14}{3}"), ("13+13", "26"),
+    ("\\sqrt{676}", "26"), ("26^1", "26"), ("\\frac{28}{2}", "14"), ("13+13", "26"), ("2 \\cdot 2^{9}", "1024"),
 ])
 def test_plain_number_gold_needs_a_plain_number(pred, gold):
     """Copying the question's arithmetic into <answer> must not pay: a plain-number gold needs a number back."""
     assert math_equal(pred, gold) is False
+
+
+# ---- answer families written another way: (pred, gold, expected) ------------------------------------------------
+# Each family has rows that must be accepted and rows that must stay rejected (another value, a hedge, a word that
+# changes the meaning, another variable).
+
+FAMILIES = {
+    "power": [  # an integer to a literal integer power answers an integer gold
+        ("2^{10}", "1024", True), ("2^10", "1024", True), ("10^6", "1000000", True), ("10^{6}", "1,000,000", True),
+        ("3^4", "81", True), ("4^5", "1024", True), ("-2^{3}", "-8", True), ("(-2)^{3}", "-8", True),
+        ("1024", "2^{10}", True), ("2^{10}", "x = 1024", True), ("x = 2^{10}", "1024", True),
+        ("2^{10}", "1000", False), ("2^{10}", "1025", False), ("2^{11}", "1024", False), ("10^{2}", "1000", False),
+        ("2^{10}", "-1024", False), ("(-2)^{10}", "-1024", False), ("2^{10}", "1024.5", False),
+        ("26^1", "26", False), ("2^{10} - 1", "1023", False), ("2 \\cdot 2^{9}", "1024", False),
+        ("2^{9+1}", "1024", False), ("2^{10}, 1024", "1024", True), ("2^{10} or 2^{11}", "1024", False),
+    ],
+    "fraction": [  # an unsimplified fraction answers its simplified form, unless it is a division left undone
+        ("\\frac{6}{8}", "\\frac34", True), ("4/6", "2/3", True), ("6/8", "3/4", True), ("\\frac{6}{8}", "0.75", True),
+        ("-\\frac{6}{8}", "-\\frac{3}{4}", True), ("\\frac{-4}{6}", "-\\frac23", True),
+        ("\\dfrac{10}{4}", "\\frac{5}{2}", True), ("\\frac{10}{4}", "2.5", True), ("\\frac{3}{4}", "\\frac{6}{8}", True),
+        ("\\frac{12}{16}", "\\frac{3}{4}", True), ("\\frac{28}{6}", "\\frac{14}{3}", True),
+        ("\\frac{50}{100}", "50\\%", True), ("\\frac{14}{6}", "2\\frac{1}{3}", True),
+        ("\\frac{6}{8}", "\\frac23", False), ("4/6", "3/4", False), ("\\frac{6}{8}", "-\\frac34", False),
+        ("\\frac{7}{8}", "\\frac34", False), ("\\frac{6}{8}", "0.7", False), ("\\frac{52}{2}", "26", False),
+        ("\\frac{10}{2}", "5", False), ("\\frac{0}{4}", "0", False), ("\\frac{6}{8} \\cdot 1", "\\frac34", False),
+        ("\\frac{6}{8} + \\frac{0}{8}", "\\frac34", False), ("\\frac{6}{8}, \\frac{2}{3}", "\\frac34", False),
+    ],
+    "unit": [  # a trailing unit word is dropped, a word that changes the value is not
+        ("12 cm", "12", True), ("5 apples", "5", True), ("3 hours", "3", True), ("45^\\circ", "45", True),
+        ("45 degrees", "45", True), ("45°", "45", True), ("45 degrees", "45^\\circ", True),
+        ("5 red apples", "5", True),
+        ("7 marbles", "7", True), ("18 \\text{ apples}", "18", True), ("\\frac{3}{4} cup", "\\frac34", True),
+        ("2.5 liters", "2.5", True), ("12 cm", "12 \\text{ cm}", True), ("40 mph", "40", True),
+        ("1,200 tickets", "1200", True), ("x = 5 apples", "5", True), ("5 Apples", "5", True),
+        ("5 thousand", "5", False), ("5 thousand", "5000", False), ("3 dozen", "3", False), ("2 pi", "2", False),
+        ("5 squared", "5", False), ("5 million", "5", False), ("3 halves", "3", False), ("5 apples", "6", False),
+        ("5 apples or 6", "5", False), ("5 or more", "5", False), ("5 and 6", "5", False), ("5 x", "5", False),
+        ("5 ab", "5", False), ("5 is not right", "5", False), ("5\\text{ thousand}", "5", False),
+        ("5 more apples", "5", False), ("5 factorial", "5", False), ("12 cm", "13", False), ("2 sin", "2", False),
+        ("5 apples", "5x", False), ("3 tens", "3", False), ("5 fewer", "5", False),
+    ],
+    "equation": [  # "a = b" chains: the last side is the answer; a name answers only an equation for that name
+        ("x = 2 + 3 = 5", "5", True), ("\\frac{10}{2} = 5", "5", True), ("2 + 3 = 5", "5", True),
+        ("6 \\times 7 = 42", "42", True), ("48/2 = 24", "24", True), ("x = \\frac{10}{2} = 5", "x = 5", True),
+        ("\\frac{6}{8} = \\frac{3}{4}", "\\frac34", True), ("2^{10} = 1024", "1024", True), ("x = 5", "5", True),
+        ("5", "x = 5", True), ("a = 5", "a=5", True), ("a_{1} = 5", "a_1 = 5", True), ("f(x) = x^2", "f(x)=x^2", True),
+        ("y = 2x+3", "y = 3 + 2x", True),
+        ("\\frac{10}{2} = 5", "10", False), ("x = 2 + 3 = 5", "6", False), ("2 + 3 = 6", "5", False),
+        ("5 = 2 + 3", "5", False), ("x = 5", "y = 5", False), ("y = 5", "x = 5", False), ("k = 5", "n = 5", False),
+        ("1 = 1", "1", False), ("5 = 5", "5", False), ("x = 5", "x = 6", False), ("x = 5 = 6", "5", False),
+        ("10/2 = 5, 6", "5", False), ("y = 2x+3", "x = 2y+3", False),
+    ],
+}
+
+
+@pytest.mark.parametrize("pred, gold, expected", [row for rows in FAMILIES.values() for row in rows])
+def test_answer_families(pred, gold, expected):
+    assert math_equal(pred, gold) is expected
 
 
 def test_expression_gold_accepts_equivalent_expressions():

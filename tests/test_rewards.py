@@ -10,6 +10,9 @@ import nanor1.sandbox
 from nanor1.math_grader import extract_answer, grade, math_equal
 from nanor1.rewards import (REWARDS, accuracy_reward, compute_rewards, countdown_reward, format_reward,
                             language_consistency_reward)
+from nanor1.templates import get_template
+
+ZERO, R1 = get_template("r1-zero"), get_template("r1")
 
 
 def problem(answer="26", kind="math", **data):
@@ -28,7 +31,7 @@ def wrap(answer, think="reasoning"):
     "\n <think>\nstep 1\nstep 2\n</think>\n\n<answer>\n26\n</answer>\n ",
 ])
 def test_format_reward_accepts_exact_template(completion):
-    assert format_reward(completion) == 1.0
+    assert format_reward(completion, ZERO) == 1.0
 
 
 @pytest.mark.parametrize("completion", [
@@ -44,7 +47,7 @@ def test_format_reward_accepts_exact_template(completion):
     "<think> a </think> <answer> 26", None, 26,
 ])
 def test_format_reward_rejects_everything_else(completion):
-    assert format_reward(completion) == 0.0
+    assert format_reward(completion, ZERO) == 0.0
 
 
 # ---- accuracy (math) --------------------------------------------------------------------------------------------
@@ -65,21 +68,21 @@ def test_format_reward_rejects_everything_else(completion):
     (None, "26", 0.0),
 ])
 def test_accuracy_reward_math(completion, gold, expected):
-    assert accuracy_reward(completion, problem(gold)) == expected
+    assert accuracy_reward(completion, problem(gold), ZERO) == expected
 
 
 def test_accuracy_reward_raises_on_malformed_problem_not_on_output():
     with pytest.raises(ValueError, match="gold"):
-        accuracy_reward(wrap("26"), problem("\\frac{1}{"))
+        accuracy_reward(wrap("26"), problem("\\frac{1}{"), ZERO)
     with pytest.raises(ValueError, match="unknown kind"):
-        accuracy_reward(wrap("26"), problem("26", kind="chess"))
+        accuracy_reward(wrap("26"), problem("26", kind="chess"), ZERO)
 
 
 def test_accuracy_reward_dispatches_code_to_sandbox(monkeypatch):
     calls = []
     monkeypatch.setattr(nanor1.sandbox, "code_reward", lambda completion, tests: calls.append(tests) or 0.5)
     tests = [{"input": "1\n", "output": "2\n"}]
-    assert accuracy_reward(wrap("```python\nprint(2)\n```"), problem("", kind="code", tests=tests)) == 0.5
+    assert accuracy_reward(wrap("```python\nprint(2)\n```"), problem("", kind="code", tests=tests), ZERO) == 0.5
     assert calls == [tests]
 
 
@@ -104,14 +107,52 @@ def test_accuracy_reward_dispatches_code_to_sandbox(monkeypatch):
     ("1 + " * 3000 + "1", [1], 1, 0.0), ("２４", [24], 24, 0.0),
 ])
 def test_countdown_reward(answer, numbers, target, expected):
-    assert countdown_reward(f"<think> t </think> <answer> {answer} </answer>", numbers, target) == expected
+    assert countdown_reward(answer, numbers, target) == expected
+    assert accuracy_reward(f"<think> t </think> <answer> {answer} </answer>",
+                           problem(str(target), kind="countdown", numbers=numbers, target=target), ZERO) == expected
 
 
 def test_countdown_needs_answer_tag_and_dispatches():
-    assert countdown_reward("(6 - 2) * 3 + 12", [6, 2, 3, 12], 24) == 0.0
     p = problem("24", kind="countdown", numbers=[6, 2, 3, 12], target=24)
-    assert accuracy_reward(wrap("(6 - 2) * 3 + 12"), p) == 1.0
-    assert accuracy_reward(wrap("24"), p) == 0.0
+    assert accuracy_reward("(6 - 2) * 3 + 12", p, ZERO) == 0.0                  # no answer tag
+    assert accuracy_reward(wrap("(6 - 2) * 3 + 12"), p, ZERO) == 1.0
+    assert accuracy_reward(wrap("24"), p, ZERO) == 0.0
+
+
+# ---- the R1 format: <think> reasoning </think> then a summary whose \boxed{} holds the answer --------------------
+
+def r1(reasoning="3 + 7 = 10\n10 + 5 = 15", summary="The sum is \\boxed{15}."):
+    return f"<think>\n{reasoning}\n</think>\n{summary}"
+
+
+@pytest.mark.parametrize("completion, fmt, acc", [
+    (r1(), 1.0, 1.0),
+    (r1(summary="Adding them gives 15, so the answer is \\boxed{15}."), 1.0, 1.0),
+    (r1(summary="The answer is \\boxed{16}."), 1.0, 0.0),                            # well formed, wrong
+    (r1(summary="The answer is 15."), 0.0, 0.0),                                     # no boxed answer
+    (r1(reasoning="so \\boxed{15}", summary="The answer is 15."), 0.0, 0.0),       # a box in the reasoning earns nothing
+    (r1(summary="\\boxed{14} or \\boxed{15}"), 0.0, 0.0),                          # two boxes: not one answer
+    (r1(reasoning="  "), 0.0, 1.0),                                                  # empty reasoning
+    ("The answer is \\boxed{15}.", 0.0, 0.0),                                       # no thinking block
+    ("Sure! " + r1(), 0.0, 1.0),                                                     # text before <think>
+    (r1() + "<think> more </think>", 0.0, 0.0),                                      # two thinking blocks
+    ("<think> 15 </think> <answer> 15 </answer>", 0.0, 0.0),                         # R1-Zero's tags
+])
+def test_r1_format_and_accuracy(completion, fmt, acc):
+    p = problem("15")
+    assert format_reward(completion, R1) == fmt
+    assert accuracy_reward(completion, p, R1) == acc
+    total, parts = compute_rewards([completion], [p], {"accuracy": 1.0, "format": 0.1}, R1)
+    assert parts == {"accuracy": [acc], "format": [fmt]} and total == [pytest.approx(acc + 0.1 * fmt)]
+
+
+def test_r1_countdown_and_language_read_the_right_parts():
+    p = problem("24", kind="countdown", numbers=[6, 2, 3, 12], target=24)
+    assert accuracy_reward(r1(summary="So \\boxed{(6 - 2) * 3 + 12}."), p, R1) == 1.0
+    assert accuracy_reward(r1(summary="So \\boxed{24}."), p, R1) == 0.0
+    # the language reward reads the reasoning only, not the summary
+    assert language_consistency_reward(r1(reasoning="我们先相加", summary="The answer is \\boxed{5}."), "zh", R1) == 1.0
+    assert ZERO.final_answer(r1()) is None and R1.final_answer(wrap("15")) is None  # each reads only its own format
 
 
 # ---- language consistency ---------------------------------------------------------------------------------------
@@ -128,12 +169,12 @@ def test_countdown_needs_answer_tag_and_dispatches():
     ("no tags at all here", "en", 1.0), ("", "en", 0.0), ("12 + 7 = 19 !!", "zh", 0.0),
 ])
 def test_language_consistency_reward(completion, lang, expected):
-    assert language_consistency_reward(completion, lang) == pytest.approx(expected)
+    assert language_consistency_reward(completion, lang, ZERO) == pytest.approx(expected)
 
 
 def test_language_consistency_rejects_unknown_language():
     with pytest.raises(ValueError, match="supported"):
-        language_consistency_reward("hello there", "fr")
+        language_consistency_reward("hello there", "fr", ZERO)
 
 
 # ---- composition ------------------------------------------------------------------------------------------------
@@ -141,18 +182,18 @@ def test_language_consistency_rejects_unknown_language():
 def test_compute_rewards_weights_and_components():
     completions = [wrap("26"), wrap("27"), "26"]
     problems = [problem("26")] * 3
-    total, parts = compute_rewards(completions, problems, {"accuracy": 1.0, "format": 0.5})
+    total, parts = compute_rewards(completions, problems, {"accuracy": 1.0, "format": 0.5}, ZERO)
     assert parts == {"accuracy": [1.0, 0.0, 0.0], "format": [1.0, 1.0, 0.0]}
     assert total == [1.5, 0.5, 0.0]
-    total, parts = compute_rewards(completions, problems, {"accuracy": 1.0, "language": 0.1})
+    total, parts = compute_rewards(completions, problems, {"accuracy": 1.0, "language": 0.1}, ZERO)
     assert total == pytest.approx([1.1, 0.1, 0.0]) and set(parts) == {"accuracy", "language"}
 
 
 def test_compute_rewards_errors():
     with pytest.raises(ValueError, match="valid names.*accuracy"):
-        compute_rewards([wrap("1")], [problem("1")], {"acuracy": 1.0})
+        compute_rewards([wrap("1")], [problem("1")], {"acuracy": 1.0}, ZERO)
     with pytest.raises(ValueError, match="completions"):
-        compute_rewards([wrap("1")], [], {"accuracy": 1.0})
+        compute_rewards([wrap("1")], [], {"accuracy": 1.0}, ZERO)
 
 
 # ---- fuzz: any string, no exception, bounded time ---------------------------------------------------------------
@@ -177,9 +218,11 @@ def test_fuzz_rewards_never_raise_and_stay_fast():
     math_p = [problem(g) for g in golds]
     count_p = problem("24", kind="countdown", numbers=[6, 2, 3, 12], target=24)
     calls = [
-        lambda s: format_reward(s), lambda s: accuracy_reward(s, rng.choice(math_p)),
-        lambda s: accuracy_reward(wrap(s), rng.choice(math_p)), lambda s: accuracy_reward(wrap(s), count_p),
-        lambda s: language_consistency_reward(s, "en"), lambda s: language_consistency_reward(s, "zh"),
+        lambda s: format_reward(s, ZERO), lambda s: accuracy_reward(s, rng.choice(math_p), ZERO),
+        lambda s: accuracy_reward(wrap(s), rng.choice(math_p), ZERO), lambda s: accuracy_reward(wrap(s), count_p, ZERO),
+        lambda s: language_consistency_reward(s, "en", ZERO), lambda s: language_consistency_reward(s, "zh", ZERO),
+        lambda s: format_reward(s, R1), lambda s: accuracy_reward(s, rng.choice(math_p), R1),
+        lambda s: accuracy_reward(s, count_p, R1), lambda s: language_consistency_reward(s, "en", R1),
         lambda s: extract_answer(s, loose=True), lambda s: math_equal(s, rng.choice(golds)),
         lambda s: grade(s, rng.choice(golds)),
     ]

@@ -3,7 +3,17 @@ import pytest
 import torch
 
 from nanor1.model import Transformer, get_config
-from nanor1.sampler import StopStrings, generate, kv_bytes_per_token, pack, sample, token_logprobs
+from nanor1.sampler import SamplingParams, StopStrings, generate, kv_bytes_per_token, pack, sample, token_logprobs
+
+SAMPLING = {"max_new_tokens", "temperature", "top_p", "top_k", "greedy", "stop_strings"}
+
+
+def gen(model, prompts, eos_id=None, **kw):
+    """generate() with the SamplingParams fields passed as keywords (eos_id: the stop token ids)."""
+    params = SamplingParams(**{k: kw.pop(k) for k in list(kw) if k in SAMPLING},
+                            stop_ids=() if eos_id is None else eos_id)
+    return generate(model, prompts, params, **kw)
+
 
 CONFIGS = {"mla_moe": dict(), "gqa_dense": dict(attn="gqa", n_routed_experts=0, n_kv_heads=2)}
 PROMPTS = [[5, 17, 33, 2], [9], [40, 41, 42, 43, 44, 45, 46, 47, 48], [3, 100]]
@@ -29,7 +39,7 @@ def greedy_by_recompute(model, prompt, n):
 
 
 def test_greedy_cached_equals_recompute(model):
-    ro = generate(model, PROMPTS, max_new_tokens=10, greedy=True)
+    ro = gen(model, PROMPTS, max_new_tokens=10, greedy=True)
     assert ro.tokens.shape == (len(PROMPTS), 10) and ro.mask.all()
     for row, p in zip(ro.tokens.tolist(), PROMPTS):
         assert row == greedy_by_recompute(model, p, 10)
@@ -38,32 +48,32 @@ def test_greedy_cached_equals_recompute(model):
 
 def test_padding_invariance(model):
     p = PROMPTS[0]
-    alone = generate(model, [p], max_new_tokens=10, greedy=True)
-    mixed = generate(model, [PROMPTS[2], p, PROMPTS[1]], max_new_tokens=10, greedy=True)  # longer and shorter
+    alone = gen(model, [p], max_new_tokens=10, greedy=True)
+    mixed = gen(model, [PROMPTS[2], p, PROMPTS[1]], max_new_tokens=10, greedy=True)  # longer and shorter
     assert mixed.tokens[1].tolist() == alone.tokens[0].tolist()
     torch.testing.assert_close(mixed.logprobs[1], alone.logprobs[0], atol=1e-5, rtol=0)
     # sampled: with one seed per prompt a row's samples do not depend on its batch
-    alone = generate(model, [p], max_new_tokens=10, seed=[7], temperature=0.8)
-    mixed = generate(model, [PROMPTS[2], p, PROMPTS[1]], max_new_tokens=10, seed=[3, 7, 5], temperature=0.8)
+    alone = gen(model, [p], max_new_tokens=10, seed=[7], temperature=0.8)
+    mixed = gen(model, [PROMPTS[2], p, PROMPTS[1]], max_new_tokens=10, seed=[3, 7, 5], temperature=0.8)
     assert mixed.tokens[1].tolist() == alone.tokens[0].tolist()
 
 
 def test_group_prefill_equals_separate_prefills(model):
     a, b = PROMPTS[0], PROMPTS[2]
-    grouped = generate(model, [a, b], max_new_tokens=8, greedy=True, group_size=3)
-    separate = generate(model, [a, a, a, b, b, b], max_new_tokens=8, greedy=True)
+    grouped = gen(model, [a, b], max_new_tokens=8, greedy=True, group_size=3)
+    separate = gen(model, [a, a, a, b, b, b], max_new_tokens=8, greedy=True)
     assert grouped.prompts == [a, a, a, b, b, b]                             # prompt-major rows
     assert grouped.tokens.tolist() == separate.tokens.tolist()
     torch.testing.assert_close(grouped.logprobs, separate.logprobs, atol=1e-5, rtol=0)
     # sampled: the G rows of a group share the prompt but not the noise
-    ro = generate(model, [a], max_new_tokens=8, group_size=4, seed=0)
+    ro = gen(model, [a], max_new_tokens=8, group_size=4, seed=0)
     assert len({tuple(r) for r in ro.tokens.tolist()}) > 1
 
 
 def test_sampler_logprobs_equal_trainer_forward(model):
     kw = dict(max_new_tokens=12, temperature=0.7, group_size=2, seed=1, record_routing=True)
-    free = generate(model, PROMPTS, **kw)
-    ro = generate(model, PROMPTS, eos_id=[free.tokens[0, 2].item(), free.tokens[5, 6].item()], **kw)  # same draws
+    free = gen(model, PROMPTS, **kw)
+    ro = gen(model, PROMPTS, eos_id=[free.tokens[0, 2].item(), free.tokens[5, 6].item()], **kw)  # same draws
     assert ro.mask[0].sum() <= 3 and ro.mask[5].sum() <= 7 and ro.mask.sum(1).max() == 12  # ragged lengths
     batch = pack(ro.prompts, ro.tokens, ro.mask)
     logp = token_logprobs(model, batch, ro.temperature)
@@ -113,31 +123,31 @@ def test_top_k_top_p_keep_set_and_distribution():
 
 
 def test_top_k_one_is_greedy(model):
-    greedy = generate(model, PROMPTS, max_new_tokens=6, greedy=True)
-    k1 = generate(model, PROMPTS, max_new_tokens=6, top_k=1, seed=4)
+    greedy = gen(model, PROMPTS, max_new_tokens=6, greedy=True)
+    k1 = gen(model, PROMPTS, max_new_tokens=6, top_k=1, seed=4)
     assert greedy.tokens.tolist() == k1.tokens.tolist()
 
 
 def test_seed_reproducible():
     model = make_model("gqa_dense")
-    a = generate(model, PROMPTS, max_new_tokens=8, seed=123)
-    b = generate(model, PROMPTS, max_new_tokens=8, seed=123)
-    c = generate(model, PROMPTS, max_new_tokens=8, seed=124)
+    a = gen(model, PROMPTS, max_new_tokens=8, seed=123)
+    b = gen(model, PROMPTS, max_new_tokens=8, seed=123)
+    c = gen(model, PROMPTS, max_new_tokens=8, seed=124)
     assert a.tokens.tolist() == b.tokens.tolist()
     assert a.tokens.tolist() != c.tokens.tolist()
-    longer = generate(model, PROMPTS, max_new_tokens=12, seed=123)          # step-major noise: same prefix
+    longer = gen(model, PROMPTS, max_new_tokens=12, seed=123)          # step-major noise: same prefix
     assert longer.tokens[:, :8].tolist() == a.tokens.tolist()
     torch.manual_seed(9)
-    d = generate(model, PROMPTS, max_new_tokens=8)
+    d = gen(model, PROMPTS, max_new_tokens=8)
     torch.manual_seed(9)
-    assert generate(model, PROMPTS, max_new_tokens=8).tokens.tolist() == d.tokens.tolist()
+    assert gen(model, PROMPTS, max_new_tokens=8).tokens.tolist() == d.tokens.tolist()
 
 
 def test_eos_stops_rows_individually():
     model = make_model("gqa_dense")
-    free = generate(model, PROMPTS, max_new_tokens=10, greedy=True)
+    free = gen(model, PROMPTS, max_new_tokens=10, greedy=True)
     eos = free.tokens[0, 3].item()                                            # row 0 reaches it at step <= 3
-    ro = generate(model, PROMPTS, max_new_tokens=10, greedy=True, eos_id=eos, check_every=4)
+    ro = gen(model, PROMPTS, max_new_tokens=10, greedy=True, eos_id=eos, check_every=4)
     for i, row in enumerate(free.tokens.tolist()):
         n = row.index(eos) + 1 if eos in row else 10
         assert ro.mask[i].sum() == n and ro.tokens[i, :n].tolist() == row[:n]
@@ -149,10 +159,10 @@ def test_eos_stops_rows_individually():
 def test_stop_strings_across_tokens():
     model = make_model("mla_moe")
     decode = lambda ids: "".join(f"t{i}," for i in ids)                       # a stand-in tokenizer
-    free = generate(model, PROMPTS, max_new_tokens=12, greedy=True)
+    free = gen(model, PROMPTS, max_new_tokens=12, greedy=True)
     row = free.tokens[1].tolist()
     stop = f"{row[4]},t{row[5]}"                                              # spans the tokens at steps 4 and 5
-    results = [generate(model, PROMPTS, max_new_tokens=12, greedy=True, stop_strings=[stop, "never"],
+    results = [gen(model, PROMPTS, max_new_tokens=12, greedy=True, stop_strings=[stop, "never"],
                         decode=decode, check_every=k) for k in (1, 5, 64)]
     for ro in results:
         assert ro.tokens.tolist() == results[0].tokens.tolist()
@@ -173,7 +183,7 @@ def test_stop_strings_find_non_ascii_and_empty_text():
 
 def test_routing_record_and_replay():
     model = make_model("mla_moe")
-    ro = generate(model, PROMPTS, max_new_tokens=10, seed=2, group_size=2, record_routing=True)
+    ro = gen(model, PROMPTS, max_new_tokens=10, seed=2, group_size=2, record_routing=True)
     n_moe = len(model.moe_layers())
     P, T = max(map(len, PROMPTS)), ro.tokens.size(1)
     assert len(ro.routing) == n_moe and ro.routing[0].shape == (8, P + T - 1, model.cfg.n_activated_experts)
@@ -189,7 +199,7 @@ def test_routing_record_and_replay():
 
 def test_mode_restored_and_no_grad():
     model = make_model("gqa_dense").train()
-    ro = generate(model, PROMPTS, max_new_tokens=3)
+    ro = gen(model, PROMPTS, max_new_tokens=3)
     assert model.training and not ro.logprobs.requires_grad
     logp = token_logprobs(model, pack(ro.prompts, ro.tokens, ro.mask), ro.temperature)
     assert logp.requires_grad                                                 # the trainer's forward keeps grad
@@ -209,7 +219,13 @@ def test_bad_input_errors():
                           (dict(seed=[1, 2, 3]), "one int per prompt")]:
         args = dict(prompts=[[1, 2], [3]], max_new_tokens=4) | kwargs
         with pytest.raises(ValueError, match=words):
-            generate(model, args.pop("prompts"), **args)
+            gen(model, args.pop("prompts"), **args)
+    with pytest.raises(TypeError, match="SamplingParams"):
+        generate(model, [[1, 2]], dict(max_new_tokens=4))
+    for bad, words in [(dict(max_new_tokens=0), "max_new_tokens"), (dict(top_k=-1), "top_k"),
+                       (dict(stop_ids=(-1,)), "stop_ids"), (dict(stop_strings="x"), "stop_strings")]:
+        with pytest.raises(ValueError, match=words):
+            SamplingParams(**{"max_new_tokens": 4, **bad})
     with pytest.raises(ValueError, match="routing"):
         pack([[1], [2]], torch.zeros(2, 3, dtype=torch.long), routing=[torch.zeros(2, 1, 2)])
 
@@ -218,17 +234,17 @@ def test_static_decode_equals_eager(model):
     """The static-shape step (what a CUDA graph captures) gives the eager step's tokens, log-probs and routing, with
     ragged prompts, groups, EOS and stop strings in play."""
     kw = dict(max_new_tokens=14, temperature=0.9, group_size=2, seed=[4, 5, 6, 7], record_routing=True)
-    free = generate(model, PROMPTS, **kw)
+    free = gen(model, PROMPTS, **kw)
     kw |= dict(eos_id=free.tokens[1, 3].item(), stop_strings=["@"],
                decode=lambda ids: "".join("@" if i == free.tokens[6, 5].item() else "." for i in ids))
-    eager = generate(model, PROMPTS, **kw)
-    static = generate(model, PROMPTS, decode_mode="static", **kw)
+    eager = gen(model, PROMPTS, **kw)
+    static = gen(model, PROMPTS, decode_mode="static", **kw)
     assert eager.mask.sum(1).min() < eager.mask.sum(1).max()                 # rows did stop at different steps
     assert static.tokens.tolist() == eager.tokens.tolist() and static.finish_reason == eager.finish_reason
     torch.testing.assert_close(static.logprobs, eager.logprobs, atol=1e-5, rtol=0)
     if eager.routing is not None:
         assert all(torch.equal(a, b) for a, b in zip(static.routing, eager.routing))
-    greedy = [generate(model, PROMPTS, max_new_tokens=10, greedy=True, decode_mode=m) for m in ("eager", "static")]
+    greedy = [gen(model, PROMPTS, max_new_tokens=10, greedy=True, decode_mode=m) for m in ("eager", "static")]
     assert greedy[0].tokens.tolist() == greedy[1].tokens.tolist()
 
 
@@ -271,13 +287,13 @@ def test_dropping_finished_rows_changes_nothing(model, mode, monkeypatch):
     monkeypatch.setattr(sampler, "_compact", lambda d: calls.append(d.rows.numel()) or real(d))
     kw = dict(max_new_tokens=20, temperature=1.2, group_size=3, seed=[1, 2, 3, 4], record_routing=True,
               check_every=2, decode_mode=mode)
-    free = generate(model, PROMPTS, compact=False, **kw)
+    free = gen(model, PROMPTS, compact=False, **kw)
     eos = sorted({free.tokens[i, 2 + i].item() for i in range(0, 12, 2)})  # rows stop at many different steps
     kw |= dict(eos_id=eos, stop_strings=["#"],
                decode=lambda ids: "".join("#" if i == free.tokens[3, 8].item() else "." for i in ids))
-    full = generate(model, PROMPTS, compact=False, **kw)
+    full = gen(model, PROMPTS, compact=False, **kw)
     assert not calls
-    dropped = generate(model, PROMPTS, compact=True, **kw)
+    dropped = gen(model, PROMPTS, compact=True, **kw)
     assert len(calls) >= 2 and calls[0] == 12                                 # it compacted, more than once
     assert dropped.tokens.tolist() == full.tokens.tolist() and dropped.finish_reason == full.finish_reason
     torch.testing.assert_close(dropped.logprobs, full.logprobs, atol=1e-5, rtol=0)
@@ -302,10 +318,10 @@ def test_static_step_needs_no_host(kind, monkeypatch):
         raise Traced(dynamo.explain(step)())
     monkeypatch.setattr(sampler, "_cuda_graph", explain_instead_of_capture)
     model = make_model(kind).to(torch.bfloat16)
-    sampling = dict(temperature=0.9, top_p=0.9, top_k=20, greedy=False)
+    params = SamplingParams(max_new_tokens=8, temperature=0.9, top_p=0.9, top_k=20)
     with torch.no_grad(), pytest.raises(Traced) as traced:  # called below generate(), which refuses a CPU model
-        sampler._generate(model, PROMPTS, 8, sampling, torch.tensor([3, 4]), None, 2, 0, True, 4, True, "cuda_graph",
-                          False)
+        sampler._generate(model, PROMPTS, params, eos=torch.tensor([3, 4]), stops=None, G=2, seed=0, record=True,
+                          check_every=4, compact=True, decode_mode="cuda_graph", compile=False)
     report = traced.value.args[0]
     assert report.graph_count == 1 and report.graph_break_count == 0, report.break_reasons
     dynamo.reset()
@@ -314,17 +330,17 @@ def test_static_step_needs_no_host(kind, monkeypatch):
 def test_cuda_graph_mode_errors_off_cuda():
     model = make_model("gqa_dense")
     with pytest.raises(ValueError, match="CUDA device"):
-        generate(model, PROMPTS, max_new_tokens=4, decode_mode="cuda_graph")
+        gen(model, PROMPTS, max_new_tokens=4, decode_mode="cuda_graph")
     with pytest.raises(ValueError, match="decode_mode"):
-        generate(model, PROMPTS, max_new_tokens=4, decode_mode="graph")
+        gen(model, PROMPTS, max_new_tokens=4, decode_mode="graph")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled fast path is checked on a GPU")
 def test_compiled_equals_eager_on_gpu():
     torch.manual_seed(0)
     model = Transformer(get_config("tiny", **CONFIGS["gqa_dense"])).cuda().eval()
-    eager = generate(model, PROMPTS, max_new_tokens=16, greedy=True)
-    fast = generate(model, PROMPTS, max_new_tokens=16, greedy=True, compile=True)
+    eager = gen(model, PROMPTS, max_new_tokens=16, greedy=True)
+    fast = gen(model, PROMPTS, max_new_tokens=16, greedy=True, compile=True)
     assert fast.tokens.tolist() == eager.tokens.tolist()
     torch.testing.assert_close(fast.logprobs, eager.logprobs, atol=1e-4, rtol=0)
 
@@ -338,12 +354,12 @@ def test_cuda_graph_equals_static_on_gpu(kind):
     bf16 = kind == "mla_moe"
     model = make_model(kind).cuda().to(torch.bfloat16 if bf16 else torch.float32)
     kw = dict(max_new_tokens=24, temperature=0.9, group_size=3, seed=0, record_routing=True, check_every=5)
-    first = generate(model, PROMPTS, **kw)
+    first = gen(model, PROMPTS, **kw)
     kw["eos_id"] = sorted({first.tokens[i, 3 + i].item() for i in range(0, 12, 3)})  # ragged: compaction happens
-    static = generate(model, PROMPTS, decode_mode="static", **kw)
+    static = gen(model, PROMPTS, decode_mode="static", **kw)
     assert static.mask.sum(1).min() < static.mask.sum(1).max()
     for compile in (False, True):
-        graph = generate(model, PROMPTS, decode_mode="cuda_graph", compile=compile, **kw)
+        graph = gen(model, PROMPTS, decode_mode="cuda_graph", compile=compile, **kw)
         same = (graph.tokens == static.tokens).all(1)                         # [N] rows that agree throughout
         if not bf16 and not compile:
             assert same.all() and graph.finish_reason == static.finish_reason

@@ -8,8 +8,10 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
 from nanor1.tasks import ArithmeticTask, CountdownTask
-from nanor1.tokenizer import (EOS, R1_ZERO_TEMPLATE, SPECIAL_TOKENS, TAGS, Tokenizer, chat_prompt, r1_response,
-                              r1_zero_completion, r1_zero_prompt, train_bpe)
+from nanor1.templates import R1_ZERO_TEMPLATE, chat_prompt, get_template
+from nanor1.tokenizer import EOS, SPECIAL_TOKENS, TAGS, Tokenizer, train_bpe
+
+ZERO, R1 = get_template("r1-zero"), get_template("r1")
 
 
 def corpus(n=300):
@@ -18,7 +20,7 @@ def corpus(n=300):
     for task in (ArithmeticTask(), CountdownTask()):
         for p in task.sample("train", n, seed=0):
             reasoning = "\n".join(task.worked_solution(p))
-            texts.append(r1_zero_prompt(p.question) + r1_zero_completion(reasoning, task.answer_text(p)))
+            texts.append(ZERO.prompt(p.question) + ZERO.response(reasoning, task.answer_text(p)))
     return texts
 
 
@@ -178,16 +180,17 @@ PAPER_TEMPLATE = (
 
 def test_r1_zero_template(tok):
     assert R1_ZERO_TEMPLATE == PAPER_TEMPLATE
-    p = r1_zero_prompt("3 + {4}")  # braces in the question are kept as they are
+    p = ZERO.prompt("3 + {4}")  # braces in the question are kept as they are
     assert p == PAPER_TEMPLATE.replace("{prompt}", "3 + {4}") and p.endswith("User: 3 + {4}. Assistant:")
-    full = p + r1_zero_completion("3 + 4 = 7", "7")
+    full = p + ZERO.response("3 + 4 = 7", "7")
     assert full.endswith("Assistant: <think> 3 + 4 = 7 </think> <answer> 7 </answer>")
     assert tok.decode(tok.encode(full)) == full
 
 
 def test_chat_prompt(tok):
-    reply = r1_response("2 + 2 = 4", "The answer is 4.")
-    assert reply == "<think>\n2 + 2 = 4\n</think>\nThe answer is 4."
+    reply = R1.response("2 + 2 = 4", "4")
+    assert reply == "<think>\n2 + 2 = 4\n</think>\nThe answer is \\boxed{4}."
+    assert R1.prompt("2+2?") == chat_prompt([{"role": "user", "content": "2+2?"}])
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
             {"role": "assistant", "content": reply}, {"role": "user", "content": "3+3?"}]
     text = chat_prompt(msgs)

@@ -5,11 +5,15 @@ import pytest
 import torch
 
 from nanor1 import checkpoint
-from nanor1.grpo import GRPOConfig, rl_step
+from nanor1.grpo import GRPOConfig
 from nanor1.model import Transformer, get_config
 from nanor1.tasks import make_task
-from nanor1.tokenizer import r1_zero_completion, r1_zero_prompt, train_bpe
+from nanor1.templates import get_template
+from nanor1.tokenizer import train_bpe
 from nanor1.training import make_optimizer
+from train_zero import rl_step
+
+ZERO = get_template("r1-zero")
 
 torch.set_num_threads(1)
 
@@ -17,7 +21,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def tokenizer():
     task = make_task("arithmetic", n_terms=3)
-    texts = [r1_zero_prompt(p.question) + r1_zero_completion("\n".join(task.worked_solution(p)), p.answer)
+    texts = [ZERO.prompt(p.question) + ZERO.response("\n".join(task.worked_solution(p)), p.answer)
              for p in task.sample("train", 300, seed=0)]
     return train_bpe(texts, vocab_size=300)
 
@@ -39,7 +43,7 @@ def test_grpo_steps_raise_the_mean_reward(tokenizer):
     optimizer = make_optimizer(model, lr=1e-2, weight_decay=0.0)
     problems = make_task("arithmetic", n_terms=3).sample("train", 4, seed=0)
     cfg = GRPOConfig(group_size=8, max_new_tokens=12, mu=2, minibatches=2, micro_batch=16)
-    rewards = [rl_step(model, optimizer, tokenizer, problems, digit_share, cfg, seed=step)["reward"]
+    rewards = [rl_step(model, optimizer, tokenizer, ZERO, problems, digit_share, cfg, seed=step)["reward"]
                for step in range(15)]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > first + 0.2, rewards
@@ -51,7 +55,7 @@ def test_rl_step_with_kl_reports_kl_and_is_zero_at_start(tokenizer):
     optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.0)
     problems = make_task("arithmetic", n_terms=3).sample("train", 2, seed=1)
     cfg = GRPOConfig(group_size=4, max_new_tokens=8, beta=0.04)
-    m = rl_step(model, optimizer, tokenizer, problems, digit_share, cfg, seed=0, ref=ref)
+    m = rl_step(model, optimizer, tokenizer, ZERO, problems, digit_share, cfg, seed=0, ref=ref)
     assert m["kl"] == pytest.approx(0.0, abs=1e-6)
     assert m["logp_diff"] < 1e-4          # the sampler's log-probs are the trainer's
     assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
@@ -72,7 +76,7 @@ def test_rl_step_replays_the_samplers_moe_routing(tokenizer, replay):
             moe.gate.bias.normal_(0, 1.0)
         return digit_share(texts, problems)
 
-    m = rl_step(model, optimizer, tokenizer, problems, reward_that_moves_the_router,
+    m = rl_step(model, optimizer, tokenizer, ZERO, problems, reward_that_moves_the_router,
                 GRPOConfig(group_size=4, max_new_tokens=8, replay_routing=replay), seed=0)
     assert (m["logp_diff"] < 1e-4) == replay, m["logp_diff"]
 
@@ -95,7 +99,7 @@ def test_routing_replay_survives_dynamic_sampling(tokenizer):
     def refill(n):
         return make_task("arithmetic", n_terms=6).sample("train", n, seed=9)
     cfg = GRPOConfig(group_size=4, max_new_tokens=8, replay_routing=True, dynamic_sampling=True)
-    m = rl_step(model, optimizer, tokenizer, problems, reward, cfg, seed=0, refill=refill)
+    m = rl_step(model, optimizer, tokenizer, ZERO, problems, reward, cfg, seed=0, refill=refill)
     assert m["sampled_groups"] > 3 and m["zero_variance_groups"] == 0, m
     assert m["logp_diff"] < 1e-4, m["logp_diff"]
 
