@@ -17,9 +17,13 @@ check), mean completion length in tokens, truncation rate (completions that hit 
 Commands:
   python evaluate.py runs/base runs/zero/checkpoint                  # arithmetic held-out split (as train_zero.py)
   python evaluate.py runs/zero/checkpoint --k 16 --seeds 3 --greedy --out runs/eval-zero
-  python evaluate.py /path/DeepSeek-R1-Distill-Qwen-1.5B --template r1 --data ../shared/data/aime2024.jsonl \
-      --k 64 --max-new-tokens 32768 --device cuda                    # the paper's AIME setting
+  python evaluate.py runs/zero/checkpoint --data ../shared/data/aime2024.jsonl --k 64 --max-new-tokens 32768 \
+      --device cuda                                                  # the paper's AIME setting
   python evaluate.py CKPT --data ../shared/data/math500.jsonl --problems 100   # the first 100 problems only
+  python evaluate.py /path/to/hf-folder --template r1-zero --data ../shared/data/gsm8k_test.jsonl --device cuda
+The template comes from the checkpoint's extra.json (train_zero.py records it), else --template. Caveat for
+DeepSeek-R1-Distill folders: the "r1" template writes nanor1's own chat markers (<|user|>, <|assistant|>), not
+DeepSeek's (<｜User｜>, <｜Assistant｜>), so their numbers are not yet comparable with the paper's.
 Rerunning the same command resumes: each (model, seed, shard of --shard-size problems) is written to its own
 JSONL file when it finishes, and finished shards are read back instead of sampled again. A different setting with
 the same --out is refused (delete the folder or choose another --out).
@@ -277,6 +281,8 @@ def plot_pass_at_k(results: dict, path: Path) -> bool:
         ax.fill_between(ks, [m["pass_at_k"][str(k)]["lo"] * 100 for k in ks],
                         [m["pass_at_k"][str(k)]["hi"] * 100 for k in ks], alpha=0.2)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_ylim(0, 100)
     ax.set_xlabel("k (samples)")
     ax.set_ylabel("pass@k (%)")
     ax.set_title(f"pass@k, {results['settings']['n_problems']} problems, 95% CI")

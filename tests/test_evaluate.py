@@ -148,3 +148,39 @@ def test_score_hand_made_records():
     assert scores["truncated"].tolist() == [[0.25, 0.0]]
     records[7]["answer"] = "9"                                           # now 1/2, 7, 8, 9: a four-way tie
     assert evaluate.score(records, problems, seeds=[0], k=4)["cons@k"].tolist() == [[1.0, 0.25]]
+
+
+def test_right_answers_are_scored_right(ckpt, tmp_path, monkeypatch):
+    """With the sampler replaced by one that answers problem "a" right in k-1 of k samples (one spelling "6.0"),
+    problem "b" wrongly and problem "c" without an answer tag, the records and metrics say exactly that."""
+    from nanor1.sampler import Generation
+    tok = checkpoint.load(ckpt)[1]
+    zero = get_template("r1-zero")
+    texts = {"a": [zero.response("1 + 2 = 3, 3 + 3 = 6", "6")] * 3 + [zero.response("6", "6.0")],
+             "b": [zero.response("half", "2")] * 4, "c": [" <think> 2 + 2"] * 4}
+    texts["a"][0] = zero.response("oops", "7")
+
+    def fake_generate(model, prompts, params, *, group_size, seed, decode, decode_mode):
+        assert len(prompts) == 3                                         # one shard: problems a, b, c in order
+        rows = [tok.encode(t) for pid in "abc" for t in texts[pid][:group_size]]
+        T = max(map(len, rows))
+        tokens = torch.tensor([r + [0] * (T - len(r)) for r in rows])
+        mask = torch.tensor([[i < len(r) for i in range(T)] for r in rows])
+        return Generation(prompts=[p for p in prompts for _ in range(group_size)], tokens=tokens,
+                          logprobs=torch.zeros(tokens.shape), mask=mask,
+                          finish_reason=["stop" if "</answer>" in tok.decode(r) else "length" for r in rows],
+                          temperature=params.temperature)
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    data = write_jsonl(tmp_path / "bench.jsonl", PROBLEMS[:3])
+    results = evaluate.main([str(ckpt), "--data", str(data), "--k", "4", "--max-new-tokens", "40", "--n-boot", "100",
+                             "--out", str(tmp_path / "out")])
+    m = results["models"][0]["metrics"]
+    assert m["pass@1"]["mean"] == pytest.approx((3 / 4 + 0 + 0) / 3)
+    assert m["pass@4"]["mean"] == pytest.approx(1 / 3)
+    assert m["cons@k"]["mean"] == pytest.approx(1 / 3)                 # only problem a: "6" (with "6.0") beats "7"
+    assert m["format"]["mean"] == pytest.approx(8 / 12) and m["truncated"]["mean"] == pytest.approx(4 / 12)
+    folder = tmp_path / "out" / results["models"][0]["name"]
+    records = [json.loads(x) for f in folder.glob("samples-*.jsonl") for x in f.read_text().splitlines()]
+    a = sorted((r for r in records if r["problem_id"] == "a"), key=lambda r: r["sample"])
+    assert [r["answer"] for r in a] == ["7", "6", "6", "6.0"] and [r["correct"] for r in a] == [False, True, True, True]
+    assert all(r["answer"] is None and not r["well_formed"] for r in records if r["problem_id"] == "c")
