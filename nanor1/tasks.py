@@ -4,8 +4,8 @@ R1-Zero (paper Sec. 2.2) needs problems whose answers a rule can check: math wit
 At our scale we generate them, with no download and no leakage:
 - `ArithmeticTask`: sums of distinct digits, "3 + 7 + 5 + 2 + 9" -> "26". The digits are distinct so that each
   reasoning step ("10 + 5 = 15") finds its next operand by content (the number after the last one used) rather than
-  by counting positions: a tiny model learns that in minutes, and RL then has a reliable mode to select
-  (shared/notes/tiny-r1zero.md).
+  by counting positions: a tiny model learns that in minutes, and RL then has a reliable mode to select (sums of
+  six digits with repeats were not learned in the same time: see dev/LOG.md).
 - `CountdownTask`: reach a target from given numbers with + - * /, each number once. A search task: the first try
   is often wrong, so checking and retrying pays, which is where the paper's "aha" behaviour can grow.
 - `load_jsonl`: real benchmarks (GSM8K, MATH-500, AIME 2024) as the same `Problem` type.
