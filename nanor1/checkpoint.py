@@ -20,7 +20,7 @@ atomic in three phases, all inside the folder:
               .nanor1-save.new. A crash here leaves a mix in the folder, which find() (called by load() and by the
               next save()) rolls forward to the new checkpoint before anything reads it.
 Phases 2-3 hold an exclusive flock on the folder and load() reads under a shared one, so a reader in another
-process never sees a mix either (one writer per folder at a time). find() also recovers what saves of earlier nanor1
+process never sees a mix either (an install waits for the loads in progress; one writer per folder at a time). find() also recovers what saves of earlier nanor1
 versions left when interrupted (they swapped whole folders): the sibling .<name>.old (the previous checkpoint, which
 is put back) and .<name>.tmp.
 
@@ -611,6 +611,8 @@ def load(path, *, device="cpu", dtype=None, allow_nonfinite: bool = False
     device, dtype = _device(device, folder), parse_dtype(dtype)
     found = find(folder)
     if found is None:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file; a checkpoint is a folder (config.json, model.safetensors)")
         if not folder.is_dir():
             raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
         raise FileNotFoundError(f"{folder}: no {CONFIG}")
