@@ -43,9 +43,9 @@ from nanor1.sft import collate, length_bucketed_batches, render_text, sft_loss
 from nanor1.tasks import TASKS, make_task
 from nanor1.templates import get_template
 from nanor1.tokenizer import train_bpe
-from nanor1.training import (JsonlLogger, autocast, clip_grad, json_dict, lr_at, make_optimizer,
-                             nonnegative_float, nonnegative_int, pick_device, positive_float, positive_int, print0, fraction,
-                             seed_everything, set_lr)
+from nanor1.training import (JsonlLogger, RunFolderError, autocast, clip_grad, fraction, json_dict, lr_at,
+                             make_optimizer, nonnegative_float, nonnegative_int, pick_device, positive_float,
+                             positive_int, prepare_run, print0, seed_everything, set_lr)
 
 R1_ZERO = get_template("r1-zero")   # the base corpus's transcripts use the template R1-Zero will prompt with
 
@@ -184,6 +184,7 @@ def main(argv=None):
     device = pick_device(args.device)
     out = Path(args.out)
     task = make_task(args.task, **args.task_kwargs)
+    prepare_run(out, resume=False, args=vars(args))     # a used --out is refused, never overwritten
 
     t0 = time.time()
     docs, corpus_stats = build_corpus(task, args)
@@ -199,7 +200,6 @@ def main(argv=None):
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     rng = random.Random(args.seed)
     batches, epoch = [], 0
-    out.mkdir(parents=True, exist_ok=True)
     log = JsonlLogger(out / "pretrain_metrics.jsonl")
     model.train()
     t_start, tokens_seen = time.time(), 0
@@ -244,4 +244,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: nothing saved (pretraining saves once, at the end)") from None
+    except RunFolderError as e:
+        raise SystemExit(f"error: {e}") from None
