@@ -326,7 +326,8 @@ def main(argv=None):
         pretrain.main(["--out", str(base), "--device", args.device, "--eval-k", "0"])
 
     # A run folder is either resumed or started clean, never mixed (nanor1.training.prepare_run).
-    resuming = prepare_run(out, resume=args.resume, args=vars(args))
+    # (a folder holding only args.json is a run that failed at start-up: it may be started again)
+    resuming = prepare_run(out, resume=args.resume, args=vars(args), fresh_ok=("args.json",))
     ckpt = out / "checkpoint"
     policy, tokenizer, state = checkpoint.load(checkpoint.find(ckpt) if resuming else base, device=device)
     if tokenizer is None:

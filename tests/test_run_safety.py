@@ -70,7 +70,8 @@ def test_bad_task_file_is_refused_at_start_with_its_line(tmp_path, base):
     with pytest.raises(SystemExit) as e:
         run(base, tmp_path / "a", *files)
     assert "train.jsonl:4" in str(e.value) and "train.jsonl:8" in str(e.value) and "2 problem(s)" in str(e.value)
-    summary = run(base, tmp_path / "b", *files, "--skip-bad-problems")             # dropped with a warning instead
+    # dropped with a warning instead; the folder of the run that failed at start-up can be used again
+    summary = run(base, tmp_path / "a", *files, "--skip-bad-problems")
     assert summary["final"]["pass@1"] >= 0
 
 
