@@ -63,6 +63,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from nanor1.fsdp import rank as _rank
 from nanor1.model import Gate, ModelConfig, Transformer, rope_tables
 
 FORMAT = "nanor1"
@@ -82,10 +83,6 @@ def _unwrap(model):
         while isinstance(getattr(model, attr, None), torch.nn.Module):
             model = getattr(model, attr)
     return model
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _fsync(path: Path):

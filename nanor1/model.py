@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanor1.fsdp import all_reduce_sum
+
 
 @dataclass
 class ModelConfig:
@@ -612,9 +614,7 @@ class Transformer(nn.Module):
         fewer tokens than average by gamma and lower the overloaded ones. Counts are summed over data-parallel ranks."""
         mtp_moes = [m.block.ffn for m in self.mtp if isinstance(m.block.ffn, MoE)]
         for moe in self.moe_layers() + mtp_moes:
-            load = moe.gate.load
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(load)
+            load = all_reduce_sum(moe.gate.load)
             moe.gate.bias += gamma * torch.sign(load.mean() - load)
             load.zero_()
 

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from nanor1.fsdp import is_main  # noqa: F401  (rank, world size, is-main live there; re-exported for callers)
+
 
 # ---- device, seeds, precision ----
 
@@ -152,13 +154,6 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---- logging, rank 0 only ----
-
-def is_main() -> bool:
-    """True on rank 0, and in any single-process run (torch.distributed not initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", 0)) == 0        # torchrun sets RANK before init_process_group
-
 
 def print0(*args, **kwargs) -> None:
     """print() on rank 0 only, flushed (logs of long runs are read while they run)."""
