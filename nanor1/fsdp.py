@@ -91,14 +91,19 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800) -> torch.dev
 def shard_model(model, *, mixed_precision: bool, reshard_after_forward: bool = True,
                 activation_checkpointing: bool = False, cpu_offload: bool = False):
     """FSDP2 in place: each block (the MTP module's block too) is one all-gather unit; the root holds the rest
-    (embedding, final norm, head, the MTP module's norms and projection: Transformer.mtp_logits calls those directly,
-    so they must be gathered with the root, which stays gathered from forward to backward). mixed_precision: bf16 compute weights, fp32 gradient reduction, fp32 sharded master
-    weights (pass device.type == "cuda", as training.autocast does). activation_checkpointing: each block keeps only
-    its input and recomputes the rest in backward (its routers then count tokens twice: the routing-bias update uses
-    only the sign of load - mean load, which doubling does not change). cpu_offload: sharded weights, gradients and
-    optimizer state live in CPU memory (optimizer steps on the CPU). Returns the model."""
+    (embedding, final norm, head, and the MTP module's norms and projection, which Transformer.mtp_logits calls
+    directly: the root stays gathered from forward to backward). Returns the model.
+
+    mixed_precision: bf16 compute weights, fp32 gradient reduction, fp32 sharded master weights (pass
+    device.type == "cuda", as training.autocast does). activation_checkpointing: each block keeps only its input and
+    recomputes the rest in backward (its routers then count tokens twice: the routing-bias update uses only the sign
+    of load - mean load, which doubling does not change). cpu_offload (GPU only: it pins host memory): sharded
+    weights, gradients and optimizer state live in CPU memory, and the optimizer steps there.
+    Create the optimizer after this and before any forward (a no-grad forward leaves the root gathered)."""
     from torch.distributed._composable import checkpoint
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    if cpu_offload and not torch.cuda.is_available():
+        raise ValueError("cpu_offload needs a CUDA device (it keeps pinned host copies of the shards)")
     kw = dict(offload_policy=CPUOffloadPolicy() if cpu_offload else OffloadPolicy())
     if mixed_precision:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -119,7 +124,8 @@ def build_sharded(cfg, device, **shard_kw):
     """A Transformer(cfg) sharded over the ranks without ever holding it whole: built on the meta device, sharded,
     then each rank allocates only its shards. Weights follow Transformer.reset_parameters on the caller's RNG: each
     tensor is drawn whole (one at a time, identical on every rank) and each rank keeps its rows, so the result
-    equals an unsharded model's reset_parameters() under the same seed. Load real weights with load_weights."""
+    equals an unsharded model's reset_parameters() under the same seed; the peak extra memory is the largest tensor
+    (a V3 MoE layer's expert stack: 15 GB in fp32). Load real weights with load_weights instead when there are any."""
     from nanor1.model import Transformer
     with torch.device("meta"):
         model = Transformer(cfg)
@@ -203,7 +209,9 @@ def load_weights(model, folder) -> None:
 def gathered(model):
     """Inside: every FSDP unit holds its full weights and forwards run without collectives (see the module
     docstring: one all-gather per unit per rollout, one full copy of the weights per rank). Enter and leave on all
-    ranks together; in between each rank may generate as much as it likes. A plain model passes through."""
+    ranks together; in between each rank may generate as much as it likes. A plain model passes through.
+    The sampler then uses the trainer's weights in the trainer's dtype: in fp32 its log-probs equal the trainer's
+    (a test checks 1e-5); in bf16 they differ as they do without FSDP (cached decode vs one full forward)."""
     from torch.distributed.fsdp import FSDPModule
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in units:
