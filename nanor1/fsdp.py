@@ -221,7 +221,8 @@ def gathered(model):
         yield model
     finally:
         for m in units:
-            m.set_reshard_after_forward(m is not model and model.fsdp_reshard_after_forward, recurse=False)
+            again = m is not model and getattr(model, "fsdp_reshard_after_forward", True)   # as shard_model set it
+            m.set_reshard_after_forward(again, recurse=False)
             m.reshard()
 
 

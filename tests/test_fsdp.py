@@ -169,3 +169,23 @@ def test_memory_planner():
     n = sum(p.numel() for p in Transformer(get_config("tiny")).parameters())
     assert tiny["params"] == n and tiny["fits"] and tiny["advice"] == []
     assert 0 < fsdp.plan(get_config("tiny"), gpus=2, seq=512, batch=8, ac=True)["activations"] < tiny["activations"]
+
+
+def test_bad_input_is_refused_clearly(run, tmp_path):
+    tmp, _ = run
+    other = Transformer(get_config("tiny", n_mtp=0))
+    with pytest.raises(ValueError, match="config"):
+        fsdp.load_weights(other, tmp / "ref")                # another model's checkpoint
+    with pytest.raises(ValueError, match="config"):
+        fsdp.load_sharded(tmp / "dcp", other)
+    with pytest.raises(ValueError, match="nanor1 checkpoint"):
+        fsdp.load_weights(other, "tests/fixtures/qwen2_tied")  # an HF folder: convert it first
+    with fsdp.gathered(other) as m:                          # a plain model passes through
+        assert m is other
+
+
+def test_memory_planner_cli(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["fsdp", "tiny", "--gpus", "2", "--seq", "256", "--batch", "4", "--ac"])
+    fsdp.main()
+    out = capsys.readouterr().out
+    assert "optimizer (AdamW m, v fp32)" in out and "training fits" in out
