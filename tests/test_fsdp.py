@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from nanor1 import fsdp
 from nanor1.checkpoint import load, save
 from nanor1.model import Transformer, get_config, lm_loss
-from nanor1.sampler import generate, pack, token_logprobs
+from nanor1.sampler import SamplingParams, generate, pack, token_logprobs
 from nanor1.training import clip_grad, make_optimizer
 
 CFG = dict(n_mtp=1)                       # the tiny MLA-MoE, with the MTP module (its own FSDP unit)
@@ -61,7 +61,7 @@ def _worker(rank, port, tmp):
         out["loaded"] = _full_state(model)
         opt = make_optimizer(model, LR, WD)   # before any forward: a no-grad forward leaves the root gathered
         with fsdp.gathered(model):
-            ro = generate(model, PROMPTS[rank], max_new_tokens=NEW[rank], greedy=True)
+            ro = generate(model, PROMPTS[rank], SamplingParams(max_new_tokens=NEW[rank], greedy=True))
         out["sharded_after"] = isinstance(model.layers[0].attn.wo.weight, DTensor)
         model.eval()               # (train mode would count routed tokens into the routers' loads)
         with torch.no_grad():      # the trainer's path: a normal FSDP forward (all-gathers per block)
@@ -119,7 +119,7 @@ def test_gathered_generation_equals_unsharded_and_trainer(run):
     tmp, outs = run
     ref, _, _ = load(tmp / "ref")
     for r, out in enumerate(outs):
-        ro = generate(ref, PROMPTS[r], max_new_tokens=NEW[r], greedy=True)
+        ro = generate(ref, PROMPTS[r], SamplingParams(max_new_tokens=NEW[r], greedy=True))
         assert torch.equal(out["tokens"], ro.tokens)
         torch.testing.assert_close(out["logp"], ro.logprobs, atol=1e-5, rtol=0)
         torch.testing.assert_close(out["logp"], out["trainer_logp"], atol=1e-5, rtol=0)   # sampler == trainer
