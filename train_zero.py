@@ -40,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from nanor1 import checkpoint
+from nanor1.fsdp import world_size
 from nanor1.grpo import (ADV_SCALES, LOSS_AGGS, OVERLONG, GRPOConfig, StepStats, filter_groups, global_counts,
                          group_advantages, grpo_loss, mask_truncated, minibatches, overlong_penalty)
 from nanor1.rollout import behaviour_stats, evaluate, fill_groups, prompt_ids, rollout, rule_rewards
@@ -177,7 +178,7 @@ def rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg: GR
     #    minibatch loss and data-parallel ranks (which average gradients) get the full-batch gradient.
     t2 = time.perf_counter()
     policy.train()
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    world = world_size()
     stats, losses, logs = StepStats(), [], {"logp_diff": 0.0, "skipped_steps": 0}
     for it in range(cfg.mu):
         for mb in minibatches(batch.tokens.size(0), cfg.minibatches, shuffle=cfg.mu > 1, seed=seed + it):

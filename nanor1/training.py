@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from nanor1.fsdp import is_main  # noqa: F401  (rank, world size, is-main live there; re-exported for callers)
+from nanor1.fsdp import barrier, is_main  # noqa: F401  (rank, world size, is-main live there; is_main re-exported)
 
 
 # ---- device, seeds, precision ----
@@ -235,11 +235,6 @@ class RunFolderError(RuntimeError):
     """A run folder that cannot be started or resumed as asked; the message says what to do instead."""
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def prepare_run(out, *, resume: bool, args: dict, checkpoint=None, fresh_ok: tuple[str, ...] = ()) -> bool:
     """Start the run in `out` or continue the one there; returns True when resuming.
 
@@ -260,7 +255,7 @@ def prepare_run(out, *, resume: bool, args: dict, checkpoint=None, fresh_ok: tup
     ckpt = Path(checkpoint) if checkpoint is not None else out / "checkpoint"
     if is_main() and resume:
         find(ckpt)                                     # repair first, so that every rank sees the same folder
-    _barrier()
+    barrier()
     found = find(ckpt) if resume else None             # no repair left to do: read-only on every rank
     used = sorted(f.name for f in out.iterdir()
                   if not any(fnmatch.fnmatch(f.name, g) for g in fresh_ok)) if out.is_dir() else []
@@ -271,7 +266,7 @@ def prepare_run(out, *, resume: bool, args: dict, checkpoint=None, fresh_ok: tup
                                  "before its first save?); delete it or choose another --out")
         hint = "pass --resume to continue it, or" if find(ckpt) is not None else "it has no checkpoint to resume;"
         raise RunFolderError(f"{out} already holds a run ({shown}); {hint} choose another --out (or delete it)")
-    _barrier()                                         # everyone has looked before rank 0 writes
+    barrier()                                         # everyone has looked before rank 0 writes
     record = json.loads(json.dumps(args, default=str))  # as args.json will hold it (paths as text, tuples as lists)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -286,7 +281,7 @@ def prepare_run(out, *, resume: bool, args: dict, checkpoint=None, fresh_ok: tup
             _write_json(out / f"args_resume_{n}.json", {"time": time.strftime("%Y-%m-%d %H:%M:%S"),
                                                         "argv": sys.argv, "changed": changed, "args": record})
             print0(f"resuming {out} from {found}" + (f"; changed flags: {changed}" if changed else ""))
-    _barrier()
+    barrier()
     return found is not None
 
 
