@@ -27,7 +27,7 @@ C kv latent (kv_lora_rank), R rope dim, E routed experts, K experts per token, N
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -97,9 +97,13 @@ class ModelConfig:
             per_group = self.n_routed_experts // self.n_expert_groups
             if self.n_activated_experts > self.n_limited_groups * per_group:
                 raise ValueError("n_activated_experts exceeds the experts in the kept groups")
-        rope_dim = self.qk_rope_head_dim if self.attn == "mla" else self.head_dim
-        if rope_dim % 2:
-            raise ValueError(f"the RoPE dimension must be even, got {rope_dim}")
+        if self.rope_dim % 2:
+            raise ValueError(f"the RoPE dimension must be even, got {self.rope_dim}")
+
+    @property
+    def rope_dim(self) -> int:
+        """R: the dimension RoPE rotates (MLA: the decoupled rope key; GQA: the whole head)."""
+        return self.qk_rope_head_dim if self.attn == "mla" else self.head_dim
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -495,6 +499,14 @@ class MTP(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
 
+@dataclass
+class ModelOutput:
+    """What Transformer.forward returns, whatever it is asked: the logits, and what some callers also need."""
+    logits: torch.Tensor                                  # [B, T, V] ([B, 1, V] with last_only)
+    routing: list[torch.Tensor] = field(default_factory=list)  # per MoE layer [B, T, K]: the experts chosen
+    hidden: torch.Tensor | None = None                    # [B, T, D]: the last block's output (MTP reads it)
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -506,11 +518,23 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
         self.mtp = nn.ModuleList(MTP(cfg) for _ in range(cfg.n_mtp))
-        rope_dim = cfg.qk_rope_head_dim if cfg.attn == "mla" else cfg.head_dim
-        cos, sin = rope_tables(rope_dim, cfg)
-        self.register_buffer("cos", cos, persistent=False)                     # [max_seq_len, R/2]
-        self.register_buffer("sin", sin, persistent=False)
+        self.init_buffers()
         self.reset_parameters()
+
+    @torch.no_grad()
+    def init_buffers(self, device=None):
+        """(Re)build the buffers no checkpoint stores: the RoPE tables, every router's load counts, and the routing
+        bias when it is not persistent (routing_bias=False). checkpoint.load calls this after filling a meta-built
+        model, so a new non-persistent buffer is built here and nowhere else."""
+        cfg = self.cfg
+        device = device or self.embed.weight.device
+        cos, sin = rope_tables(cfg.rope_dim, cfg)
+        self.register_buffer("cos", cos.to(device), persistent=False)          # [max_seq_len, R/2]
+        self.register_buffer("sin", sin.to(device), persistent=False)
+        for gate in (m for m in self.modules() if isinstance(m, Gate)):          # the MTP block's router too
+            gate.load = torch.zeros(cfg.n_routed_experts, device=device)
+            if not cfg.routing_bias:
+                gate.bias = torch.zeros(cfg.n_routed_experts, device=device)
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -536,9 +560,9 @@ class Transformer(nn.Module):
         device = device or self.embed.weight.device
         return [b.attn.new_cache(batch, max_len, dtype, device) for b in self.layers]
 
-    def forward(self, tokens, *, pos=None, key_mask=None, cache=None, start=0, absorb=None,
-                routing=None, return_routing=False, return_hidden=False, last_only=False):
-        """tokens [B, T] -> logits [B, T, V].
+    def forward(self, tokens, *, pos=None, key_mask=None, cache=None, start=0, absorb=None, routing=None,
+                last_only=False) -> "ModelOutput":
+        """tokens [B, T] -> ModelOutput: logits [B, T, V], the experts each MoE layer chose, the last hidden state.
 
         pos [B, T]: RoPE positions (default start..start+T-1; left-padded rows pass their own).
         key_mask [B, start+T] bool: which key slots hold real tokens (default: all).
@@ -547,7 +571,7 @@ class Transformer(nn.Module):
             over all S cache slots; attends over every slot, the unwritten ones masked): no shape depends on the step
             and nothing syncs with the host, so the sampler can capture one decode step as a CUDA graph.
         absorb: MLA path; default absorbed when decoding with a cache (T == 1), naive otherwise.
-        routing: list of [B, T, K] expert indices per MoE layer to replay; return_routing returns the chosen ones.
+        routing: list of [B, T, K] expert indices per MoE layer to replay (e.g. a previous output's .routing).
         last_only: logits for the last column only, [B, 1, V] (prefill needs no more).
         """
         B, T = tokens.shape
@@ -559,13 +583,7 @@ class Transformer(nn.Module):
             pos = torch.arange(start, start + T, device=tokens.device).expand(B, T)
         if absorb is None:
             absorb = cache is not None and T == 1
-        if key_mask is None and cache is None and start == 0:
-            mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()[None, None]  # [1, 1, T, T]
-        else:
-            if key_mask is None:
-                key_mask = torch.ones(B, start + T, dtype=torch.bool, device=tokens.device)
-            mask = attention_mask(key_mask, start, T)                            # [B, 1, T, S]
-        cos, sin = self.cos[pos], self.sin[pos]                                  # [B, T, R/2]
+        cos, sin, mask = self.attention_inputs(pos, key_mask, cache, start)
         x = self.embed(tokens)                                                   # [B, T, D]
         chosen, m = [], 0
         for i, layer in enumerate(self.layers):
@@ -575,21 +593,30 @@ class Transformer(nn.Module):
             x, idx = layer(x, cos, sin, mask, None if cache is None else cache[i], start, absorb, replay)
             if idx is not None:
                 chosen.append(idx)
-        h = x
-        logits = self.head(self.norm(h[:, -1:] if last_only else h))             # [B, T, V] ([B, 1, V])
-        out = (logits,)
-        if return_routing:
-            out += (chosen,)
-        if return_hidden:
-            out += ((h, cos, sin, mask),)
-        return out[0] if len(out) == 1 else out
+        logits = self.head(self.norm(x[:, -1:] if last_only else x))             # [B, T, V] ([B, 1, V])
+        return ModelOutput(logits=logits, routing=chosen, hidden=x)
 
-    def mtp_logits(self, hidden, tokens):
-        """Depth-1 MTP: logits [B, T-1, V] for token i+2 from hidden state i and token i+1."""
-        h, cos, sin, mask = hidden
+    def attention_inputs(self, pos, key_mask=None, cache=None, start=0):
+        """cos, sin [B, T, R/2] at positions pos [B, T], and the attention mask [B, 1, T, S] (True = attend) for
+        queries in slots start..start+T-1 (see attention_mask)."""
+        B, T = pos.shape
+        if key_mask is None and cache is None and start == 0:
+            mask = torch.ones(T, T, dtype=torch.bool, device=pos.device).tril()[None, None]  # [1, 1, T, T]
+        else:
+            if key_mask is None:
+                key_mask = torch.ones(B, start + T, dtype=torch.bool, device=pos.device)
+            mask = attention_mask(key_mask, start, T)                            # [B, 1, T, S]
+        return self.cos[pos], self.sin[pos], mask
+
+    def mtp_logits(self, hidden, tokens, *, pos=None, key_mask=None):
+        """Depth-1 MTP: logits [B, T-1, V] for token i+2 from the last hidden state i (a forward's .hidden [B, T, D])
+        and token i+1. pos and key_mask as given to that forward."""
+        B, T = tokens.shape
+        pos = torch.arange(T, device=tokens.device).expand(B, T) if pos is None else pos
+        cos, sin, mask = self.attention_inputs(pos[:, :-1], None if key_mask is None else key_mask[:, :-1])
         mtp = self.mtp[0]
-        x = mtp.eh_proj(torch.cat([mtp.hnorm(h[:, :-1]), mtp.enorm(self.embed(tokens[:, 1:]))], dim=-1))
-        x, _ = mtp.block(x, cos[:, :-1], sin[:, :-1], mask[..., :-1, :-1])
+        x = mtp.eh_proj(torch.cat([mtp.hnorm(hidden[:, :-1]), mtp.enorm(self.embed(tokens[:, 1:]))], dim=-1))
+        x, _ = mtp.block(x, cos, sin, mask)
         return self.head(mtp.norm(x))
 
     @torch.no_grad()
@@ -617,17 +644,17 @@ class Transformer(nn.Module):
 def lm_loss(model: Transformer, tokens, loss_mask, *, pos=None, key_mask=None):
     """Next-token cross-entropy over positions where loss_mask [B, T] is set (mask of the *target* token), plus the
     MTP loss (weighted by mtp_loss_weight) and MoE balance losses when enabled. Returns (loss, stats)."""
-    want_hidden = model.cfg.n_mtp > 0 and model.training
-    out = model(tokens, pos=pos, key_mask=key_mask, return_hidden=want_hidden)
-    logits, hidden = (out if want_hidden else (out, None))
+    out = model(tokens, pos=pos, key_mask=key_mask)
+    logits = out.logits
     target_mask = loss_mask[:, 1:].float()                                       # [B, T-1]
     n = target_mask.sum().clamp(min=1)
     ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
     lm = (ce.view_as(target_mask) * target_mask).sum() / n
     loss, stats = lm, {"lm_loss": lm.item()}
-    if hidden is not None:
+    if model.cfg.n_mtp > 0 and model.training:
         mtp_mask = loss_mask[:, 2:].float()
-        mtp_ce = F.cross_entropy(model.mtp_logits(hidden, tokens)[:, :-1].flatten(0, 1).float(),
+        mtp_logits = model.mtp_logits(out.hidden, tokens, pos=pos, key_mask=key_mask)      # [B, T-1, V]
+        mtp_ce = F.cross_entropy(mtp_logits[:, :-1].flatten(0, 1).float(),
                                  tokens[:, 2:].flatten(), reduction="none")
         mtp = (mtp_ce.view_as(mtp_mask) * mtp_mask).sum() / mtp_mask.sum().clamp(min=1)
         loss = loss + model.cfg.mtp_loss_weight * mtp

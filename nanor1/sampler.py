@@ -198,9 +198,8 @@ def _check_prompts(prompts, vocab_size: int):
 
 def _forward_last(model, tokens, pos, key_mask, cache, start, record):
     """One cached forward; returns the last column's logits [B, V] float32 and the routing (or None)."""
-    out = model(tokens, pos=pos, key_mask=key_mask, cache=cache, start=start, return_routing=record, last_only=True)
-    logits, routing = out if record else (out, None)
-    return logits[:, -1].float(), routing
+    out = model(tokens, pos=pos, key_mask=key_mask, cache=cache, start=start, last_only=True)
+    return out.logits[:, -1].float(), (out.routing if record else None)
 
 
 def attention_kernels():
@@ -528,7 +527,7 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, with_entropy: 
     """
     P = batch.prompt_len
     logits = model(batch.tokens[:, :-1], pos=batch.pos[:, :-1], key_mask=batch.key_mask[:, :-1],
-                   routing=batch.routing)                                    # [N, P + T - 1, V]
+                   routing=batch.routing).logits                             # [N, P + T - 1, V]
     logits = logits[:, P - 1:].float() / temperature                          # [N, T, V]: column t scores token t
     target = batch.tokens[:, P:, None]                                        # [N, T, 1]
     lse = logits.logsumexp(-1)                                                # [N, T]

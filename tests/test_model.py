@@ -40,8 +40,8 @@ def test_absorbed_mla_equals_naive(q_lora_rank):
     model = make(q_lora_rank=q_lora_rank)
     x = torch.randint(0, 512, (2, 17))
     with torch.no_grad():
-        naive = model(x)
-        absorbed = model(x, cache=model.new_cache(2, 17), absorb=True)
+        naive = model(x).logits
+        absorbed = model(x, cache=model.new_cache(2, 17), absorb=True).logits
     torch.testing.assert_close(absorbed, naive, atol=1e-5, rtol=1e-5)
 
 
@@ -49,10 +49,10 @@ def test_batched_experts_equal_loop():
     model = make(**MOE_MLA)
     x = torch.randint(0, 512, (3, 11))
     with torch.no_grad():
-        batched = model(x)
+        batched = model(x).logits
         for moe in model.moe_layers():
             moe.batched = False
-        loop = model(x)
+        loop = model(x).logits
     torch.testing.assert_close(batched, loop, atol=1e-6, rtol=1e-6)
 
 
@@ -106,10 +106,10 @@ def test_cached_decode_equals_full_forward(overrides):
     model = make(**overrides)
     x = torch.randint(0, 512, (2, 16))
     with torch.no_grad():
-        full = model(x)
+        full = model(x).logits
         cache = model.new_cache(2, 16)
-        steps = [model(x[:, :9], cache=cache)]
-        steps += [model(x[:, t:t + 1], cache=cache, start=t) for t in range(9, 16)]
+        steps = [model(x[:, :9], cache=cache).logits]
+        steps += [model(x[:, t:t + 1], cache=cache, start=t).logits for t in range(9, 16)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -122,17 +122,17 @@ def test_left_padding_with_positions_matches_unpadded(overrides):
     key_mask = torch.arange(pad + 10)[None] >= pad
     pos = (torch.arange(pad + 10) - pad).clamp(min=0)[None]
     with torch.no_grad():
-        torch.testing.assert_close(model(padded, pos=pos, key_mask=key_mask)[:, pad:], model(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(padded, pos=pos, key_mask=key_mask).logits[:, pad:], model(x).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_routing_replay_reproduces_logits_and_changes_them_when_altered():
     model = make(**MOE_MLA)
     x = torch.randint(0, 512, (2, 9))
     with torch.no_grad():
-        logits, routing = model(x, return_routing=True)
-        torch.testing.assert_close(model(x, routing=routing), logits)
-        other = [(r + 1) % model.cfg.n_routed_experts for r in routing]
-        assert not torch.allclose(model(x, routing=other), logits)
+        out = model(x)
+        torch.testing.assert_close(model(x, routing=out.routing).logits, out.logits)
+        other = [(r + 1) % model.cfg.n_routed_experts for r in out.routing]
+        assert not torch.allclose(model(x, routing=other).logits, out.logits)
 
 
 def test_routing_bias_update_moves_skewed_load_toward_uniform():

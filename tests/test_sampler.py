@@ -24,7 +24,7 @@ def greedy_by_recompute(model, prompt, n):
     seq = list(prompt)
     with torch.no_grad():
         for _ in range(n):
-            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
     return seq[len(prompt):]
 
 
@@ -70,7 +70,7 @@ def test_sampler_logprobs_equal_trainer_forward(model):
     torch.testing.assert_close(logp, ro.logprobs, atol=1e-5, rtol=0)
     assert (logp[~ro.mask] == 0).all()
     logp2, entropy = token_logprobs(model, batch, ro.temperature, with_entropy=True)
-    probs = (model(batch.tokens[:, :-1], pos=batch.pos[:, :-1], key_mask=batch.key_mask[:, :-1])[:, -12:]
+    probs = (model(batch.tokens[:, :-1], pos=batch.pos[:, :-1], key_mask=batch.key_mask[:, :-1]).logits[:, -12:]
              / ro.temperature).softmax(-1)                                    # [N, T, V] direct, for the entropy
     torch.testing.assert_close(entropy, (-(probs * probs.log()).sum(-1)).masked_fill(~ro.mask, 0), atol=1e-4, rtol=0)
     assert torch.equal(logp2, logp)
@@ -247,16 +247,16 @@ def test_static_forward_equals_sliced_forward(model):
     key_mask[0, :2] = False                                                   # row 0: two pad slots
     pos = (torch.arange(7) - torch.tensor([[2], [0]])).clamp(min=0)           # [2, 7]
     with torch.no_grad():
-        ref = model(tokens[:, :5], pos=pos[:, :5], key_mask=key_mask, cache=caches[0], start=0)
-        out = model(tokens[:, :5], pos=pos[:, :5], key_mask=key_mask, cache=caches[1], start=torch.tensor(0))
+        ref = model(tokens[:, :5], pos=pos[:, :5], key_mask=key_mask, cache=caches[0], start=0).logits
+        out = model(tokens[:, :5], pos=pos[:, :5], key_mask=key_mask, cache=caches[1], start=torch.tensor(0)).logits
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
         for i in (5, 6):
-            ref = model(tokens[:, i:i + 1], pos=pos[:, i:i + 1], key_mask=key_mask, cache=caches[0], start=i)
+            ref = model(tokens[:, i:i + 1], pos=pos[:, i:i + 1], key_mask=key_mask, cache=caches[0], start=i).logits
             out = model(tokens[:, i:i + 1], pos=pos[:, i:i + 1], key_mask=key_mask, cache=caches[1],
-                        start=torch.tensor(i))
+                        start=torch.tensor(i)).logits
             torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-        last = model(tokens, pos=pos, key_mask=key_mask[:, :7], last_only=True)
-        torch.testing.assert_close(last, model(tokens, pos=pos, key_mask=key_mask[:, :7])[:, -1:])
+        last = model(tokens, pos=pos, key_mask=key_mask[:, :7], last_only=True).logits
+        torch.testing.assert_close(last, model(tokens, pos=pos, key_mask=key_mask[:, :7]).logits[:, -1:])
     with pytest.raises(ValueError, match="tensor start"):
         model(tokens[:, :1], start=torch.tensor(0))
 
