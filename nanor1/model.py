@@ -33,6 +33,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# The CPU fast paths (experts by contiguous row blocks or all at once for a few tokens, SDPA's fused kernel for MLA,
+# is_causal instead of a causal mask). False runs the plain paths they are tested against; bench/speed.py flips it to
+# time both in one process. CUDA paths do not depend on it.
+FAST_PATHS = True
+DENSE_EXPERTS_MAX_TOKENS = 64   # CPU, no autograd: up to this many tokens, run every expert (see MoE.experts_dense)
+
 
 @dataclass
 class ModelConfig:
@@ -213,6 +219,11 @@ def attention_mask(key_mask, start, T: int):
     return mask.unsqueeze(1)                                             # [B, 1, T, S]
 
 
+def causal_mask(T: int, device) -> torch.Tensor:
+    """[1, 1, T, T] bool, True on and below the diagonal: what mask=None means (plain causal, no padding)."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]
+
+
 def write_cache(cache: dict, new: dict, start) -> dict:
     """Write each new[name] [B, T, ...] into cache[name] at slots start..start+T-1 and return what attention reads:
     slots [0, start+T) for an int start; all S slots for a tensor start (the slot is data, not shape, so one
@@ -278,15 +289,20 @@ class MLA(nn.Module):
             kv_full = self.wkv_b(kv).view(B, S, self.n_heads, self.nope + self.dv)
             k_nope, v = kv_full.split([self.nope, self.dv], dim=-1)            # [B, S, H, nope], [B, S, H, dv]
             k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(-1, -1, self.n_heads, -1)], dim=-1)
-            q = torch.cat([q_nope, q_pe], dim=-1)
+            q = torch.cat([q_nope, q_pe], dim=-1)                              # [B, T, H, nope+R]
+            if FAST_PATHS and not x.is_cuda and self.dv != q.size(-1):
+                # SDPA's fused CPU kernel needs v's head dim to equal q's, else it takes the slow math path: pad v
+                # with zeros and drop those output columns (same attention, ~3x faster on the tiny model)
+                v = F.pad(v, (0, q.size(-1) - self.dv))                        # [B, S, H, nope+R]
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 attn_mask=mask, scale=self.scale)  # [B, H, T, dv]
-            out = out.transpose(1, 2)                                          # [B, T, H, dv]
+                                                 attn_mask=mask, is_causal=mask is None, scale=self.scale)
+            out = out.transpose(1, 2)[..., :self.dv]                           # [B, T, H, dv]
         else:
             # absorb wkv_b's key half into the query: q_nope . (W_k c) = (W_k^T q_nope) . c
             q_lat = torch.einsum("bthd,hdc->bthc", q_nope, wkv_b[:, :self.nope])  # [B, T, H, C]
             scores = (torch.einsum("bthc,bsc->bhts", q_lat, kv) +
                       torch.einsum("bthr,bsr->bhts", q_pe, k_pe)) * self.scale    # [B, H, T, S]
+            mask = causal_mask(T, x.device) if mask is None else mask
             scores = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1).type_as(x)
             out = torch.einsum("bhts,bsc->bthc", scores, kv)                       # [B, T, H, C]
             out = torch.einsum("bthc,hdc->bthd", out, wkv_b[:, self.nope:])        # [B, T, H, dv]
@@ -320,6 +336,7 @@ class GQA(nn.Module):
         # query head h = kv * rep + r attends with KV head kv. Decode then reads the cache once, not rep times.
         rep = self.n_heads // self.n_kv
         q = q.view(B, T, self.n_kv, rep, self.hd).permute(0, 2, 3, 1, 4).reshape(B, self.n_kv, rep * T, self.hd)
+        mask = causal_mask(T, x.device) if mask is None else mask  # folded queries cannot use is_causal
         mask = mask if T == 1 else mask.repeat(1, 1, rep, 1)  # [B, 1, rep*T, S]; one query row broadcasts as it is
         out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)  # [B,Hk,rep*T,Dh]
         out = out.view(B, self.n_kv, rep, T, self.hd).permute(0, 3, 1, 2, 4)        # [B, T, Hk, rep, Dh]
@@ -430,25 +447,50 @@ class MoE(nn.Module):
         return y
 
     def experts_batched(self, x, weights, idx):
-        """Same result: sort the N*K (token, expert) pairs by expert, run one grouped matmul per weight."""
+        """Same result: sort the N*K (token, expert) pairs by expert, so each expert's rows are one contiguous block.
+        On CUDA one grouped matmul per weight (the counts stay on the device); on a CPU, where reading the counts on
+        the host costs nothing, one plain matmul per expert over its block (no padding to the busiest expert)."""
         N, K = idx.shape
         flat = idx.flatten()                                                    # [N*K]
         order = flat.argsort(stable=True)
         tok = order // K                                                        # token of each sorted pair
-        counts = torch.zeros(self.w1.size(0), dtype=torch.long, device=x.device)
-        counts.scatter_add_(0, flat, torch.ones_like(flat))                     # [E] (bincount syncs on CUDA)
         xs = x[tok]                                                             # [N*K, D], grouped by expert
-        h = F.silu(grouped_mm(xs, self.w1.transpose(1, 2), counts)) * grouped_mm(xs, self.w3.transpose(1, 2), counts)
-        out = grouped_mm(h, self.w2.transpose(1, 2), counts)                    # [N*K, D]
+        if FAST_PATHS and not x.is_cuda:
+            blocks = xs.split(torch.bincount(flat, minlength=self.w1.size(0)).tolist())  # E blocks [n_e, D]
+            out = torch.cat([F.linear(F.silu(F.linear(xe, self.w1[e])) * F.linear(xe, self.w3[e]), self.w2[e])
+                             for e, xe in enumerate(blocks) if xe.size(0)])    # [N*K, D]
+        else:
+            counts = torch.zeros(self.w1.size(0), dtype=torch.long, device=x.device)
+            counts.scatter_add_(0, flat, torch.ones_like(flat))                 # [E] (bincount syncs on CUDA)
+            h = F.silu(grouped_mm(xs, self.w1.transpose(1, 2), counts)) * grouped_mm(xs, self.w3.transpose(1, 2),
+                                                                                      counts)
+            out = grouped_mm(h, self.w2.transpose(1, 2), counts)                # [N*K, D]
         out = out * weights.flatten()[order, None]
         return torch.zeros_like(x).index_add_(0, tok, out)
+
+    def experts_dense(self, x, weights, idx):
+        """Same result for a few tokens: every expert on every token, each output weighted by the router (0 for the
+        experts a token did not choose). E/K times the arithmetic in a handful of large ops: on a CPU that is faster
+        for decode's few tokens per step, where the sparse paths are all per-op overhead."""
+        gate = torch.zeros(x.size(0), self.w1.size(0), dtype=x.dtype, device=x.device)
+        gate.scatter_(1, idx, weights)                                          # [N, E]
+        h = F.silu(torch.matmul(x, self.w1.transpose(1, 2))) * torch.matmul(x, self.w3.transpose(1, 2))  # [E, N, I]
+        y = torch.matmul(h * gate.T[:, :, None], self.w2.transpose(1, 2))       # [E, N, D]
+        return y.sum(0)                                                         # [N, D]
 
     def forward(self, x, replay_idx=None):
         B, T, D = x.shape
         flat = x.reshape(-1, D)                                                 # [N, D]
         replay = None if replay_idx is None else replay_idx.reshape(-1, self.cfg.n_activated_experts)
         weights, idx, scores = self.gate(flat, replay)
-        y = (self.experts_batched if self.batched else self.experts_loop)(flat, weights, idx)
+        if not self.batched:
+            experts = self.experts_loop
+        elif (FAST_PATHS and not x.is_cuda and flat.size(0) <= DENSE_EXPERTS_MAX_TOKENS
+              and not (torch.is_grad_enabled() and self.w1.requires_grad)):
+            experts = self.experts_dense
+        else:
+            experts = self.experts_batched
+        y = experts(flat, weights, idx)
         if self.shared is not None:
             y = y + self.shared(flat)
         self.aux_loss = self.balance_loss(scores, idx, B, T) if self.training and self.cfg.balance_loss_alpha else None
@@ -598,10 +640,11 @@ class Transformer(nn.Module):
 
     def attention_inputs(self, pos, key_mask=None, cache=None, start=0):
         """cos, sin [B, T, R/2] at positions pos [B, T], and the attention mask [B, 1, T, S] (True = attend) for
-        queries in slots start..start+T-1 (see attention_mask)."""
+        queries in slots start..start+T-1 (see attention_mask); None for plain causal attention (no cache, no
+        padding), which SDPA then runs with is_causal=True, without building or reading a mask."""
         B, T = pos.shape
         if key_mask is None and cache is None and start == 0:
-            mask = torch.ones(T, T, dtype=torch.bool, device=pos.device).tril()[None, None]  # [1, 1, T, T]
+            mask = None if FAST_PATHS else causal_mask(T, pos.device)
         else:
             if key_mask is None:
                 key_mask = torch.ones(B, start + T, dtype=torch.bool, device=pos.device)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import nanor1.model as nanor1_model
 from nanor1.model import ModelConfig, Transformer, get_config, lm_loss
 
 torch.set_num_threads(1)
@@ -75,7 +76,9 @@ def test_grouped_mm_paths_equal_per_expert_matmuls(monkeypatch):
         torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.02)
 
 
-def test_batched_experts_gradients_equal_loop():
+@pytest.mark.parametrize("fast", [True, False], ids=["cpu-blocks", "padded-bmm"])
+def test_batched_experts_gradients_equal_loop(fast, monkeypatch):
+    monkeypatch.setattr(nanor1_model, "FAST_PATHS", fast)
     model = make(**MOE_MLA)
     moe = model.moe_layers()[0]
     x = torch.randn(40, model.cfg.dim)
@@ -84,8 +87,49 @@ def test_batched_experts_gradients_equal_loop():
     for path in (moe.experts_loop, moe.experts_batched):
         moe.zero_grad()
         path(x, w.detach(), idx).square().sum().backward()
-        grads.append(moe.w1.grad.clone())
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+        grads.append([p.grad.clone() for p in (moe.w1, moe.w2, moe.w3)])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 5, 64])
+def test_dense_experts_equal_loop_and_decode_uses_them(n_tokens, monkeypatch):
+    """Every expert on every token, weighted by the router, == the per-expert loop; a no-grad CPU forward of a few
+    tokens takes that path, and the padded path (FAST_PATHS off) agrees."""
+    model = make(**MOE_MLA)
+    moe = model.moe_layers()[0]
+    x = torch.randn(n_tokens, model.cfg.dim)
+    with torch.no_grad():
+        w, idx, _ = moe.gate(x)
+        torch.testing.assert_close(moe.experts_dense(x, w, idx), moe.experts_loop(x, w, idx), atol=1e-6, rtol=1e-5)
+        calls = []
+        monkeypatch.setattr(moe, "experts_dense", lambda *a: calls.append(1) or type(moe).experts_dense(moe, *a))
+        fast = moe(x[None])[0]
+        monkeypatch.setattr(nanor1_model, "FAST_PATHS", False)
+        plain = moe(x[None])[0]
+    assert calls == [1]
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["causal", "left-padded"])
+def test_fast_attention_equals_plain_path(padded, monkeypatch):
+    """MLA with v padded to the q/k head dim (SDPA's fused CPU kernel) and is_causal instead of a mask == the plain
+    path (math kernel, explicit mask): logits and gradients; MTP included."""
+    results = []
+    for fast in (True, False):
+        monkeypatch.setattr(nanor1_model, "FAST_PATHS", fast)
+        model = make(**MOE_MLA, n_mtp=1).train()
+        x = torch.randint(1, 512, (3, 13))
+        kw = {}
+        if padded:
+            kw = dict(key_mask=torch.arange(13)[None] >= torch.tensor([[0], [3], [5]]))
+            kw["pos"] = (torch.arange(13)[None] - torch.tensor([[0], [3], [5]])).clamp(min=0)
+        loss, _ = lm_loss(model, x, torch.ones_like(x), **kw)
+        loss.backward()
+        results.append((model(x, **kw).logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=2e-5, rtol=1e-5)
+    for name, g in results[1][1].items():
+        assert (results[0][1][name] - g).abs().max() <= 1e-4 * g.abs().max() + 1e-8, name
 
 
 def test_group_limited_routing_only_picks_kept_groups():
