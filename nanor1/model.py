@@ -578,6 +578,15 @@ class Transformer(nn.Module):
             if not cfg.routing_bias:
                 gate.bias = torch.zeros(cfg.n_routed_experts, device=device)
 
+    def _apply(self, fn, recurse=True):
+        # model.to(bfloat16) would round the RoPE tables (apply_rope works in float32), and a checkpoint loaded in
+        # bf16 rebuilds them in float32 (init_buffers): keep them float32 always; only their device follows the model
+        cos, sin = self.cos, self.sin
+        super()._apply(fn, recurse)
+        if self.cos.dtype != cos.dtype:
+            self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
+        return self
+
     @torch.no_grad()
     def reset_parameters(self):
         """GPT-2 style init: N(0, init_std), output projections scaled down by sqrt(2 * n_layers)."""

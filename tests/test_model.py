@@ -229,3 +229,10 @@ def test_tiny_model_overfits_one_batch():
         first = first or stats["lm_loss"]
     assert stats["lm_loss"] < first / 10, (first, stats)
     assert "mtp_loss" in stats and stats["mtp_loss"] < first / 5
+
+
+def test_rope_tables_stay_float32_when_the_model_is_cast():
+    model = make().to(torch.bfloat16)
+    assert model.cos.dtype == model.sin.dtype == torch.float32 and model.embed.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(model.cos, make().cos, atol=0, rtol=0)
+
