@@ -3,6 +3,7 @@ CPU speed of the tiny path, old vs new in one process: pretraining tokens/s, the
 
     python bench/speed.py --quick                 # tiny preset, about a minute and a half on 2 cores
     python bench/speed.py                         # tiny and mini (~30M MoE, bench/sampler.py's), longer runs
+    python bench/speed.py --quick --cpu-time      # the same, 1 thread, CPU time: for a machine others share
     python bench/speed.py --omp                   # OMP_WAIT_POLICY default vs PASSIVE, alone and beside a busy job
 
 "old" is the plain path: model.FAST_PATHS = False (padded-bmm experts, SDPA's math kernel for MLA with an explicit
@@ -47,15 +48,18 @@ def paths(new: bool):
     M.FAST_PATHS = new
 
 
+CLOCK = time.perf_counter  # --cpu-time: time.process_time, with one thread
+
+
 def alternate(fns: dict, repeats: int) -> dict:
     """Median seconds of each fn, calling them in turn `repeats` times (after one warm-up call each)."""
     times = {k: [] for k in fns}
     for r in range(repeats + 1):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn()
             if r:
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(CLOCK() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -167,10 +171,16 @@ def main():
     ap.add_argument("--pretrain-len", type=int, default=100, help="tokens per pretraining row")
     ap.add_argument("--new-tokens", type=int, default=None, help="decode tokens per row (default 64; --quick 32)")
     ap.add_argument("--omp", action="store_true", help="measure OMP_WAIT_POLICY default vs PASSIVE under contention")
+    ap.add_argument("--cpu-time", action="store_true", help="one thread, and time this process's CPU time instead "
+                    "of the wall clock: ratios that hold when other jobs load the machine (OpenMP spin excluded)")
     ap.add_argument("--child-pretrain", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.new_tokens = args.new_tokens or (32 if args.quick else 64)
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
+        torch.set_num_threads(1)
     if args.child_pretrain:  # one number for omp_contention
         args.pretrain_batch, args.pretrain_len = 48, 100
         print(bench_pretrain("tiny", args, kinds=("new",))["new"])

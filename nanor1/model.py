@@ -37,7 +37,7 @@ import torch.nn.functional as F
 # is_causal instead of a causal mask). False runs the plain paths they are tested against; bench/speed.py flips it to
 # time both in one process. CUDA paths do not depend on it.
 FAST_PATHS = True
-DENSE_EXPERTS_MAX_TOKENS = 64   # CPU, no autograd: up to this many tokens, run every expert (see MoE.experts_dense)
+DENSE_EXPERTS_MAX_TOKENS = 32   # CPU, no autograd: up to this many tokens, run every expert (see MoE.experts_dense)
 
 
 @dataclass
