@@ -17,13 +17,12 @@ the boundary into tokens the sampler never produces. The loss mask marks the res
 Length-bucketed batches: shuffle, then sort by length within windows of `bucket` batches, so each batch holds
 similar lengths (less padding, ~3x more steps per second on the tiny corpus), and shuffle the batches.
 """
-import json
 import random
-from pathlib import Path
 
 import torch
 
 from nanor1.model import lm_loss
+from nanor1.tasks import JsonlFormatError, read_jsonl
 
 
 def render(tokenizer, template, question: str, response: str) -> tuple[list[int], list[bool]]:
@@ -74,21 +73,13 @@ def sft_loss(model, tokens, loss_mask):
 def load_conversations(path) -> list[dict]:
     """{"question", "response", ...} records from a JSONL file (what train_r1.py's stages write and distill.py
     reads); errors name file:line."""
-    path, records = Path(path), []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-            if not (isinstance(record, dict) and isinstance(record.get("question"), str)
-                    and isinstance(record.get("response"), str)):
-                raise ValueError(f"{path}:{line_no}: expected an object with string 'question' and 'response'")
-            records.append(record)
+    records = []
+    for where, record in read_jsonl(path):
+        if not (isinstance(record.get("question"), str) and isinstance(record.get("response"), str)):
+            raise JsonlFormatError(f"{where}: expected an object with string 'question' and 'response'")
+        records.append(record)
     if not records:
-        raise ValueError(f"{path}: no conversations")
+        raise JsonlFormatError(f"{path}: no conversations")
     return records
 
 

@@ -361,15 +361,11 @@ def _answer_string(answer) -> str | None:
     return answer.strip() or None
 
 
-def load_jsonl(path: str | Path, kind: str = "math") -> list[Problem]:
-    """Problems from a JSONL file of {"problem" or "question", "answer", optional "id"/"unique_id", extras...}.
-
-    Each problem's data["where"] is "path:line", so later errors (validate_problems, a reward) can name it.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+def read_jsonl(path: str | Path):
+    """(where, record) for each non-blank line of a JSONL file of objects; where is "path:line". A line that is not
+    UTF-8, not JSON or not an object raises JsonlFormatError naming it. Shared by the loaders of problems (here) and
+    of conversations (nanor1/sft.py)."""
     path = Path(path)
-    problems = []
     with path.open("rb") as f:  # bytes: a bad byte is reported with its line, not as a bare UnicodeDecodeError
         for line_no, raw in enumerate(f, start=1):
             where = f"{path}:{line_no}"
@@ -386,22 +382,35 @@ def load_jsonl(path: str | Path, kind: str = "math") -> list[Problem]:
                 raise JsonlFormatError(f"{where}: invalid JSON ({e.msg})") from None
             if not isinstance(record, dict):
                 raise JsonlFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            question = record.get("problem", record.get("question"))
-            if not isinstance(question, str) or not question.strip():
-                raise JsonlFormatError(f"{where}: needs a non-empty string 'problem' or 'question'")
-            if "answer" not in record:
-                raise JsonlFormatError(f"{where}: missing 'answer'")
-            answer = _answer_string(record["answer"])
-            if answer is None:
-                raise JsonlFormatError(f"{where}: 'answer' must be a non-empty string or a number, "
-                                       f"got {record['answer']!r}")
-            pid = record.get("id", record.get("unique_id"))
-            pid = f"{path.stem}-{line_no}" if pid is None else str(pid)
-            extras = {k: v for k, v in record.items() if k not in ("problem", "question", "answer", "id")}
-            if isinstance(record["answer"], str) and "####" in record["answer"]:
-                extras.setdefault("solution", record["answer"])  # GSM8K's worked solution, kept for SFT
-            extras["where"] = where
-            problems.append(Problem(id=pid, question=question, answer=answer, kind=kind, data=extras))
+            yield where, record
+
+
+def load_jsonl(path: str | Path, kind: str = "math") -> list[Problem]:
+    """Problems from a JSONL file of {"problem" or "question", "answer", optional "id"/"unique_id", extras...}.
+
+    Each problem's data["where"] is "path:line", so later errors (validate_problems, a reward) can name it.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    path = Path(path)
+    problems = []
+    for where, record in read_jsonl(path):
+        question = record.get("problem", record.get("question"))
+        if not isinstance(question, str) or not question.strip():
+            raise JsonlFormatError(f"{where}: needs a non-empty string 'problem' or 'question'")
+        if "answer" not in record:
+            raise JsonlFormatError(f"{where}: missing 'answer'")
+        answer = _answer_string(record["answer"])
+        if answer is None:
+            raise JsonlFormatError(f"{where}: 'answer' must be a non-empty string or a number, "
+                                   f"got {record['answer']!r}")
+        pid = record.get("id", record.get("unique_id"))
+        pid = f"{path.stem}-{where.rsplit(':', 1)[1]}" if pid is None else str(pid)
+        extras = {k: v for k, v in record.items() if k not in ("problem", "question", "answer", "id")}
+        if isinstance(record["answer"], str) and "####" in record["answer"]:
+            extras.setdefault("solution", record["answer"])  # GSM8K's worked solution, kept for SFT
+        extras["where"] = where
+        problems.append(Problem(id=pid, question=question, answer=answer, kind=kind, data=extras))
     if not problems:
         raise JsonlFormatError(f"{path}: no problems in it (the file is empty or blank)")
     return problems
