@@ -302,3 +302,16 @@ def test_mask_truncated(dtype):
     assert out.long().tolist() == [[1, 1, 0], [0, 0, 0], [1, 0, 0]]
     with pytest.raises(ValueError, match="truncated"):
         mask_truncated(mask, torch.tensor([True]))
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("overlong", "masked", "overlong"), ("loss_agg", "foo", "loss_agg"), ("adv_scale", "std", "adv_scale"),
+    ("decode_mode", "graph", "decode_mode"), ("group_size", 1, "group_size"), ("mu", 0, "mu"),
+    ("micro_batch", 0, "micro_batch"), ("beta", -1.0, "beta"), ("eps_low", 2.0, "eps_low"),
+    ("temperature", 0.0, "temperature"), ("top_p", 1.5, "top_p"), ("max_refills", -1, "max_refills"),
+])
+def test_grpo_config_refuses_every_bad_field(field, value, words):
+    from nanor1.grpo import GRPOConfig
+    with pytest.raises(ValueError, match=words):
+        GRPOConfig(**{field: value})
+    GRPOConfig()                                        # the defaults are valid
