@@ -104,10 +104,11 @@ def tokenizer():
     return train_bpe(texts + [task.summary(p) for p in task.sample("train", 20, seed=0)], vocab_size=420)
 
 
-def tiny_model(vocab_size, seed=0):
+def tiny_model(vocab_size, seed=0, dense=False):
     torch.manual_seed(seed)
     return Transformer(get_config("tiny", vocab_size=vocab_size, dim=64, n_layers=2, kv_lora_rank=32,
-                                  inter_dim=128, moe_inter_dim=32, max_seq_len=256))
+                                  inter_dim=128, moe_inter_dim=32, max_seq_len=256,
+                                  n_routed_experts=0 if dense else 8))
 
 
 def overfit(model, tokenizer, template, conversations, steps, lr=3e-3):
@@ -124,39 +125,47 @@ def overfit(model, tokenizer, template, conversations, steps, lr=3e-3):
     return stats["lm_loss"]
 
 
-def test_sft_overfits_a_handful_of_examples(tokenizer):
-    task = make_task("arithmetic-bilingual", **TASK_KWARGS)
-    problems = task.sample("train", 6, seed=1)
-    responses = [R1.response("\n".join(task.worked_solution(p)), p.answer, summary=task.summary(p)) for p in problems]
-    model = tiny_model(tokenizer.vocab_size)
-    loss = overfit(model, tokenizer, R1, [(p.question, r) for p, r in zip(problems, responses)], steps=90)
-    assert loss < 0.05, loss
-    ro = rollout(model, tokenizer, problems, template=R1, params=SamplingParams(max_new_tokens=40, greedy=True))
-    assert ro.texts == responses        # the loss is on the response only, and it was learned exactly
+COLD_PROMPTS, SEED = 8, 1234      # stage 1 samples task.sample("train", --cold-prompts, seed=--seed + 1)
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, tokenizer):
-    """A tiny base (untrained) and a tiny "R1-Zero" checkpoint: the base SFT'd on R1-Zero-format solutions of the
-    2-term sums (mixed-language reasoning for a third of them), so it answers correctly and mixes languages."""
-    root = tmp_path_factory.mktemp("r1")
+def zero_data():
+    """R1-Zero-format solutions of the questions stage 1 will sample, a quarter with mixed-language reasoning."""
     task = make_task("arithmetic-bilingual", **TASK_KWARGS)
+    problems = task.sample("train", COLD_PROMPTS, seed=SEED + 1)
+    langs = [[p.data["lang"]] if i % 4 else [{"en": "zh", "zh": "en"}[p.data["lang"]]] for i, p in enumerate(problems)]
+    return problems, [ZERO.response("\n".join(task.worked_solution(p, ls)), p.answer) for p, ls in zip(problems, langs)]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tokenizer, zero_data):
+    """A tiny base (untrained) and a tiny "R1-Zero" checkpoint: the base SFT'd on a handful of R1-Zero-format
+    solutions, so that it answers the questions stage 1 samples (and mixes languages on a quarter of them)."""
+    root = tmp_path_factory.mktemp("r1")
     checkpoint.save(root / "base", tiny_model(tokenizer.vocab_size), tokenizer=tokenizer)
-    rng, data = random.Random(0), []
-    for p in task.sample("train", task.count("train"), seed=0):
-        langs = [p.data["lang"] if rng.random() < 0.7 else rng.choice(["en", "zh"])]
-        data.append((p.question, ZERO.response("\n".join(task.worked_solution(p, langs)), p.answer)))
+    problems, responses = zero_data
     zero = tiny_model(tokenizer.vocab_size)
-    overfit(zero, tokenizer, ZERO, data, steps=150)
+    loss = overfit(zero, tokenizer, ZERO, [(p.question, r) for p, r in zip(problems, responses)], steps=150)
     checkpoint.save(root / "zero" / "checkpoint", zero, tokenizer=tokenizer, extra={"template": "r1-zero"})
-    return root
+    return root, zero, loss
 
 
-def test_all_four_stages_run_and_resume(inputs):
+def test_sft_overfits_a_handful_of_examples(inputs, tokenizer, zero_data):
+    _, model, loss = inputs
+    problems, responses = zero_data
+    assert loss < 0.1, loss             # from ~6 (random) on the response tokens
+    ro = rollout(model, tokenizer, problems, template=ZERO, params=SamplingParams(max_new_tokens=40, greedy=True))
+    exact = sum(a == b for a, b in zip(ro.texts, responses))
+    assert exact >= 6, (exact, ro.texts)   # greedy decoding reproduces (nearly) every training response
+
+
+def test_all_four_stages_run_and_resume(inputs, zero_data):
     import train_r1
-    out = inputs / "run"
-    common = ["--base", str(inputs / "base"), "--zero", str(inputs / "zero"), "--out", str(out), "--device", "cpu",
-              "--task-kwargs", json.dumps(TASK_KWARGS), "--max-new-tokens", "24", "--cold-prompts", "24",
+    root = inputs[0]
+    out = root / "run"
+    common = ["--base", str(root / "base"), "--zero", str(root / "zero"), "--out", str(out), "--device", "cpu",
+              "--seed", str(SEED), "--task-kwargs", json.dumps(TASK_KWARGS), "--max-new-tokens", "24",
+              "--cold-prompts", str(COLD_PROMPTS),
               "--cold-k", "2", "--sft-steps", "3", "--sft3-steps", "3", "--sft-batch", "8", "--rl-steps", "2",
               "--rl4-steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--rs-prompts", "8", "--rs-k", "2",
               "--rm-steps", "2", "--rm-pairs", "8", "--rm-batch", "4", "--eval-problems", "3", "--eval-k", "2",
@@ -170,7 +179,10 @@ def test_all_four_stages_run_and_resume(inputs):
         assert extra["template"] == "r1" and extra["stage"] == n and extra["done"], extra
         assert (out / f"stage{n}" / "metrics.jsonl").stat().st_size > 0
     cold = [json.loads(line) for line in (out / "stage1" / "cold_start.jsonl").read_text().splitlines()]
-    assert cold and all(R1.well_formed(r["response"]) for r in cold)
+    # single-language solutions, rewritten into R1's format; the 2 mixed-language ones (i % 4 == 0) are dropped
+    single = {p.question for i, p in enumerate(zero_data[0]) if i % 4}
+    assert cold and {r["question"] for r in cold} <= single, (cold, single)
+    assert all(R1.well_formed(r["response"]) and "<answer>" not in r["response"] for r in cold)
     mix = [json.loads(line) for line in (out / "stage3" / "sft_mix.jsonl").read_text().splitlines()]
     assert {r["source"] for r in mix} == {"reasoning", "general"} or not [r for r in mix if r["source"] == "reasoning"]
     rows = [json.loads(line) for line in (out / "stage4" / "metrics.jsonl").read_text().splitlines()]
