@@ -50,6 +50,7 @@ import argparse
 import json
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -136,6 +137,8 @@ def get_args(argv=None):
     p.add_argument("--eval-every", type=positive_int, default=10, help="RL: held-out evaluation every N steps")
     p.add_argument("--save-every", type=positive_int, default=10, help="checkpoint every N steps (and at the end)")
     args = p.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]*", args.tag):
+        p.error(f"--tag must be a plain folder suffix (letters, digits, _ . -), got {args.tag!r}")
     if args.group_size < 2:
         p.error("--group-size must be >= 2 (GRPO normalises rewards within a group)")
     try:
