@@ -43,9 +43,9 @@ from nanor1.sft import collate, length_bucketed_batches, render_text, sft_loss
 from nanor1.tasks import LANGS, PHRASES, TASKS, KnowledgeTable, make_task
 from nanor1.templates import get_template
 from nanor1.tokenizer import train_bpe
-from nanor1.training import (JsonlLogger, autocast, clip_grad, json_dict, lr_at, make_optimizer,
-                             nonnegative_float, nonnegative_int, pick_device, positive_float, positive_int, print0, probability,
-                             seed_everything, set_lr)
+from nanor1.training import (JsonlLogger, RunFolderError, autocast, clip_grad, fraction, json_dict, lr_at,
+                             make_optimizer, nonnegative_float, nonnegative_int, pick_device, positive_float,
+                             positive_int, prepare_run, print0, seed_everything, set_lr)
 
 R1_ZERO = get_template("r1-zero")   # the base corpus's transcripts use the template R1-Zero will prompt with
 
@@ -56,20 +56,20 @@ def get_args(argv=None):
     p.add_argument("--task", default="arithmetic", choices=sorted(TASKS), help="built-in task")
     p.add_argument("--task-kwargs", default='{"n_terms": 5}', type=json_dict, help="JSON dict of task options")
     p.add_argument("--n-docs", type=positive_int, default=50000, help="documents in the corpus")
-    p.add_argument("--p-practice", type=probability, default=0.8, help="share of untemplated practice documents")
+    p.add_argument("--p-practice", type=fraction, default=0.8, help="share of untemplated practice documents")
     p.add_argument("--p-guess", type=nonnegative_float, default=0.58, help="weight of 'guess' completions")
     p.add_argument("--p-plain", type=nonnegative_float, default=0.22, help="weight of untagged 'the answer is' "
                                                                            "completions")
     p.add_argument("--p-steps", type=nonnegative_float, default=0.15, help="weight of step-by-step completions")
     p.add_argument("--p-check", type=nonnegative_float, default=0.05, help="weight of steps + 'wait, let me check' "
                                                                            "completions")
-    p.add_argument("--guess-acc", type=probability, default=0.25, help="how often a guess is right")
-    p.add_argument("--slip-rate", type=probability, default=0.1, help="chance that a step-by-step pass has one slip")
-    p.add_argument("--p-other-lang", type=probability, default=0.3, help="bilingual tasks: chance that a "
+    p.add_argument("--guess-acc", type=fraction, default=0.25, help="how often a guess is right")
+    p.add_argument("--slip-rate", type=fraction, default=0.1, help="chance that a step-by-step pass has one slip")
+    p.add_argument("--p-other-lang", type=fraction, default=0.3, help="bilingual tasks: chance that a "
                    "reasoning starts in the other language than its question")
-    p.add_argument("--p-switch", type=probability, default=0.15, help="bilingual tasks: chance that each further "
+    p.add_argument("--p-switch", type=fraction, default=0.15, help="bilingual tasks: chance that each further "
                    "reasoning line switches language (what R1's language reward must undo)")
-    p.add_argument("--p-general", type=probability, default=0.0, help="share of knowledge-table documents "
+    p.add_argument("--p-general", type=fraction, default=0.0, help="share of knowledge-table documents "
                    "(nanor1.tasks.KnowledgeTable: the facts R1's general tasks ask about, private codes included)")
     p.add_argument("--vocab-size", type=positive_int, default=512, help="tiny BPE vocabulary size")
     # model and optimisation
@@ -87,7 +87,7 @@ def get_args(argv=None):
     p.add_argument("--eval-problems", type=positive_int, default=200, help="held-out problems of the report")
     p.add_argument("--eval-k", type=nonnegative_int, default=8, help="samples per problem; 0 skips the sampled report")
     p.add_argument("--eval-temperature", type=positive_float, default=0.6, help="paper: 0.6")
-    p.add_argument("--eval-top-p", type=probability, default=0.95, help="paper: 0.95")
+    p.add_argument("--eval-top-p", type=fraction, default=0.95, help="paper: 0.95")
     p.add_argument("--max-new-tokens", type=positive_int, default=160, help="completion length limit")
     # run
     p.add_argument("--out", default="runs/base", help="checkpoint folder")
@@ -108,7 +108,7 @@ HUNCHES = ["this is easy", "I know this one", "quick one", "easy", "I think I kn
 
 
 def guess_answer(task, problem, rng, acc):
-    """A guess: the right answer with probability acc, else a near miss (what a hunch gets wrong)."""
+    """A guess: the right answer with fraction acc, else a near miss (what a hunch gets wrong)."""
     if rng.random() < acc:
         return task.answer_text(problem)
     if problem.kind == "countdown":  # a random expression over the numbers, almost never the target
@@ -228,6 +228,7 @@ def main(argv=None):
     device = pick_device(args.device)
     out = Path(args.out)
     task = make_task(args.task, **args.task_kwargs)
+    prepare_run(out, resume=False, args=vars(args))     # a used --out is refused, never overwritten
 
     t0 = time.time()
     docs, corpus_stats = build_corpus(task, args)
@@ -243,7 +244,6 @@ def main(argv=None):
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     rng = random.Random(args.seed)
     batches, epoch = [], 0
-    out.mkdir(parents=True, exist_ok=True)
     log = JsonlLogger(out / "pretrain_metrics.jsonl")
     model.train()
     t_start, tokens_seen = time.time(), 0
@@ -288,4 +288,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: nothing saved (pretraining saves once, at the end)") from None
+    except RunFolderError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -69,7 +69,7 @@ from nanor1.tasks import TASKS, GeneralTask, make_task
 from nanor1.templates import get_template
 from nanor1.tokenizer import Tokenizer
 from nanor1.training import (JsonlLogger, autocast, clip_grad, json_dict, lr_at, make_optimizer, nonnegative_float,
-                             nonnegative_int, pick_device, positive_float, positive_int, print0, probability,
+                             nonnegative_int, pick_device, positive_float, positive_int, print0, fraction,
                              rng_state, seed_everything, set_lr, set_rng_state)
 from train_zero import rl_step
 
@@ -121,7 +121,7 @@ def get_args(argv=None):
     # stage 3: rejection sampling + general data
     p.add_argument("--rs-prompts", type=positive_int, default=512, help="training questions sampled from stage 2")
     p.add_argument("--rs-k", type=positive_int, default=4, help="stage-2 samples per question")
-    p.add_argument("--general-share", type=probability, default=0.25, help="share of general data in the stage-3 "
+    p.add_argument("--general-share", type=fraction, default=0.25, help="share of general data in the stage-3 "
                    "mix and of general prompts in stage-4 batches")
     # stage 4: reward models
     p.add_argument("--rm-steps", type=nonnegative_int, default=60, help="reward-model optimizer steps per aspect")
@@ -159,7 +159,7 @@ def stage_dir(args, n: int, tagged: bool = False) -> Path:
 def stage_output(args, n: int) -> Path:
     """The finished checkpoint of stage n; an error naming the command to run when it is missing or unfinished."""
     ckpt = stage_dir(args, n) / "checkpoint"
-    extra = checkpoint.read_extra(ckpt) if ckpt.is_dir() else None
+    extra = checkpoint.read_extra(ckpt) if checkpoint.find(ckpt) else None   # find() repairs an interrupted save
     if not extra or not extra.get("done"):
         state = "is unfinished" if extra else "does not exist"
         raise FileNotFoundError(f"stage {n + 1} needs the checkpoint of stage {n} ({ckpt}), which {state}: run "
@@ -190,7 +190,7 @@ def ensure_inputs(args, device):
 def resume_or_load(folder: Path, init: Path, device):
     """(model, tokenizer, train_state or None): the stage's own checkpoint if it has one, else its input."""
     ckpt = folder / "checkpoint"
-    if ckpt.is_dir():
+    if checkpoint.find(ckpt):
         model, tokenizer, state = checkpoint.load(ckpt, device=device)
         print0(f"resuming {folder} at step {state['step']}")
         return model, tokenizer, state
@@ -202,8 +202,26 @@ def resume_or_load(folder: Path, init: Path, device):
 
 def save_stage(folder: Path, n: int, model, tokenizer, optimizer, step: int, total: int, **extra):
     checkpoint.save(folder / "checkpoint", model, tokenizer=tokenizer,
-                    extra={"template": R1.name, "stage": n, "done": step >= total, **extra},
+                    extra={"template": R1.name, "stage": n, "done": step >= total, "step": step, "total": total,
+                           **extra},
                     train_state={"optimizer": optimizer.state_dict(), "step": step, "rng": rng_state()})
+
+
+def stage_log(folder: Path) -> JsonlLogger:
+    """The stage's metrics.jsonl; rows that a killed run logged after the stage's last checkpoint are dropped."""
+    extra = checkpoint.read_extra(folder / "checkpoint") if checkpoint.find(folder / "checkpoint") else None
+    return JsonlLogger(folder / "metrics.jsonl", resume_step=(extra or {}).get("step", 0))
+
+
+def stage_done(args, n: int, total: int) -> dict | None:
+    """The last evaluation of stage n when its checkpoint is finished at `total` steps (a re-run skips it)."""
+    folder = stage_dir(args, n, tagged=True)
+    extra = checkpoint.read_extra(folder / "checkpoint") if checkpoint.find(folder / "checkpoint") else None
+    if not (extra and extra.get("done") and extra.get("total") == total and (folder / "metrics.jsonl").is_file()):
+        return None
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    return {k.removeprefix("eval/"): v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else None
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -375,7 +393,7 @@ def sample_and_filter(model, tokenizer, problems, template, k, args, seed, rewri
 def stage1(args, task, eval_problems, device):
     folder = stage_dir(args, 1, tagged=True)
     folder.mkdir(parents=True, exist_ok=True)
-    log = JsonlLogger(folder / "metrics.jsonl")
+    log = stage_log(folder)
     data = folder / "cold_start.jsonl"
     if not data.exists():
         _, zero = ensure_inputs(args, device)
@@ -410,7 +428,7 @@ def rule_reward_fn(args):
 def stage2(args, task, eval_problems, device):
     init = stage_output(args, 1)
     folder = stage_dir(args, 2, tagged=True)
-    log = JsonlLogger(folder / "metrics.jsonl")
+    log = stage_log(folder)
     evaluate = lambda model, tok, step: {f"eval/{k}": v for k, v in    # noqa: E731
                                          reasoning_eval(model, tok, eval_problems, R1, args, folder,
                                                         f"step{step:05d}").items()}
@@ -425,7 +443,7 @@ def stage3(args, task, general, eval_problems, eval_general, device):
     init = stage_output(args, 2)
     folder = stage_dir(args, 3, tagged=True)
     folder.mkdir(parents=True, exist_ok=True)
-    log = JsonlLogger(folder / "metrics.jsonl")
+    log = stage_log(folder)
     data = folder / "sft_mix.jsonl"
     if not data.exists():
         model, tokenizer, _ = checkpoint.load(init, device=device)
@@ -524,7 +542,7 @@ def stage4(args, task, general, eval_problems, eval_general, device):
     init = stage_output(args, 3)
     folder = stage_dir(args, 4, tagged=True)
     folder.mkdir(parents=True, exist_ok=True)
-    log = JsonlLogger(folder / "metrics.jsonl")
+    log = stage_log(folder)
     rms = train_reward_models(args, general, folder, init, device, log)
     tokenizer = Tokenizer.load(init)
 
@@ -562,10 +580,15 @@ def main(argv=None):
     eval_problems = task.sample("test", args.eval_problems, seed=args.seed)
     eval_general = general.mix("test", args.eval_general, seed=args.seed)
     stages = STAGES if args.stage is None else (args.stage,)
+    totals = {1: args.sft_steps, 2: args.rl_steps, 3: args.sft3_steps, 4: args.rl4_steps}
     summary, timings = {}, {}
     for n in stages:
         t0 = time.time()
-        if n == 1:
+        done = stage_done(args, n, totals[n]) if args.stage is None else None
+        if done is not None:   # `python train_r1.py` again after a crash: finished stages are not redone
+            print0(f"stage {n}: already done ({stage_dir(args, n)}), skipped")
+            summary[f"stage{n}"] = done
+        elif n == 1:
             summary["stage1"] = stage1(args, task, eval_problems, device)
         elif n == 2:
             summary["stage2"] = stage2(args, task, eval_problems, device)
@@ -587,4 +610,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, RuntimeError) as e:   # a missing input or an empty data set: say what to do
+        raise SystemExit(f"error: {e}") from None

@@ -30,7 +30,9 @@ import argparse
 import copy
 import json
 import math
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -40,13 +42,14 @@ from tqdm import tqdm
 from nanor1 import checkpoint
 from nanor1.grpo import (ADV_SCALES, LOSS_AGGS, OVERLONG, GRPOConfig, StepStats, filter_groups, global_counts,
                          group_advantages, grpo_loss, mask_truncated, minibatches, overlong_penalty)
-from nanor1.rollout import behaviour_stats, evaluate, fill_groups, rollout, rule_rewards
+from nanor1.rollout import behaviour_stats, evaluate, fill_groups, prompt_ids, rollout, rule_rewards
 from nanor1.sampler import DECODE_MODES, SamplingParams, pack, token_logprobs
-from nanor1.tasks import TASKS, load_jsonl, make_task
+from nanor1.tasks import TASKS, JsonlFormatError, load_jsonl, make_task, problem_where, validate_problems
 from nanor1.templates import TEMPLATES, get_template
-from nanor1.training import (JsonlLogger, autocast, clip_grad, json_dict, lr_at, make_optimizer, nonnegative_float,
-                             nonnegative_int, pick_device, positive_float, positive_int, print0, rng_state,
-                             seed_everything, set_lr, set_rng_state)
+from nanor1.training import (DivergenceGuard, JsonlLogger, RunFolderError, autocast, clip_grad, interrupt_handler,
+                             json_dict, lr_at, make_optimizer, nonnegative_float, nonnegative_int, pick_device,
+                             positive_float, positive_int, prepare_run, print0, rng_state, seed_everything, set_lr,
+                             set_rng_state)
 
 
 def get_args(argv=None):
@@ -62,6 +65,8 @@ def get_args(argv=None):
     p.add_argument("--task-kwargs", default='{"n_terms": 5}', type=json_dict, help="JSON dict of task options")
     p.add_argument("--task-file", default=None, help="train on a JSONL file of {problem, answer} instead")
     p.add_argument("--eval-file", default=None, help="evaluate on a JSONL file instead of the task's test split")
+    p.add_argument("--skip-bad-problems", action="store_true", help="drop (with a warning) file problems that do not "
+                   "fit the context or whose gold the grader cannot parse, instead of refusing the file")
     # GRPO
     p.add_argument("--steps", type=nonnegative_int, default=40, help="RL steps")
     p.add_argument("--prompts-per-step", type=positive_int, default=8, help="questions per step")
@@ -93,6 +98,9 @@ def get_args(argv=None):
     p.add_argument("--eval-temperature", type=positive_float, default=0.6, help="paper: 0.6")
     p.add_argument("--eval-top-p", type=positive_float, default=0.95, help="paper: 0.95")
     p.add_argument("--save-every", type=positive_int, default=20, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--guard-patience", type=nonnegative_int, default=3, help="divergence guard: stop after this many "
+                   "steps of collapse (reward, entropy, non-finite loss) and fall back to the last checkpoint saved "
+                   "before it (always kept when --save-every >= this); 0: off")
     # run
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--decode-mode", default="eager", choices=DECODE_MODES, help="sampler decode step; cuda_graph "
@@ -219,11 +227,12 @@ def rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg: GR
 # The run
 
 
-def problem_source(args):
+def problem_source(args, tokenizer, template, max_seq_len: int):
     """(train_batch(step, n, salt) -> problems, eval problems). Train questions for a step depend only on (seed, step):
-    the data position of a resumed run is its step."""
+    the data position of a resumed run is its step. Problems from files are checked up front (prompt length, gold
+    answers the grader can parse): a bad line is reported now, with its file:line, not at the step that samples it."""
     if args.task_file:
-        pool = load_jsonl(args.task_file)
+        pool = checked(load_jsonl(args.task_file), args, tokenizer, template, max_seq_len)
         def train_batch(step, n, salt=0):  # noqa: E306
             return random.Random(f"{args.seed}-{step}-{salt}").sample(pool, min(n, len(pool)))
     else:
@@ -231,10 +240,61 @@ def problem_source(args):
         def train_batch(step, n, salt=0):  # noqa: E306
             return task.sample("train", n, seed=hash((args.seed, step, salt)) & 0x7FFFFFFF)
     if args.eval_file:
-        evals = load_jsonl(args.eval_file)[:args.eval_problems]
+        evals = checked(load_jsonl(args.eval_file), args, tokenizer, template, max_seq_len)[:args.eval_problems]
     else:
         evals = task.sample("test", args.eval_problems, seed=args.seed)
     return train_batch, evals
+
+
+def checked(problems, args, tokenizer, template, max_seq_len: int):
+    """The problems that fit the context and can be graded; the others stop the run (or, with --skip-bad-problems,
+    are dropped with a warning)."""
+    errors = validate_problems(problems, prompt_tokens=lambda p: len(prompt_ids(tokenizer, template, p.question)),
+                               max_prompt_tokens=max_seq_len - args.max_new_tokens)
+    if errors and not args.skip_bad_problems:
+        raise SystemExit(f"{len(errors)} problem(s) cannot be used (pass --skip-bad-problems to drop them):\n  "
+                         + "\n  ".join(errors[:20]) + ("\n  ..." if len(errors) > 20 else ""))
+    bad = {e.split(": ", 1)[0] for e in errors}
+    for e in errors:
+        print0(f"warning: skipping {e}")
+    good = [p for p in problems if problem_where(p) not in bad]
+    if not good:
+        raise SystemExit("no usable problems left")
+    return good
+
+
+def keep_previous(ckpt: Path) -> None:
+    """Hard-link the files of the checkpoint about to be replaced into <ckpt>-prev. A save writes new files and renames
+    them over the old ones, so the links keep the old contents at no cost in time or disk."""
+    if checkpoint.find(ckpt) is None:
+        return
+    prev, tmp = ckpt.with_name(ckpt.name + "-prev"), ckpt.with_name(f".{ckpt.name}-prev.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in checkpoint.OWN_FILES:
+        if (ckpt / name).is_file():
+            os.link(ckpt / name, tmp / name)
+    shutil.rmtree(prev, ignore_errors=True)
+    os.replace(tmp, prev)
+
+
+def fall_back(ckpt: Path, bad_since: int) -> str:
+    """After the divergence guard fired: make <ckpt> the last checkpoint saved before step bad_since, when the latest
+    save came after the trouble began (that one is kept as <ckpt>-diverged). Returns what was done, in words."""
+    step = lambda c: checkpoint.read_extra(c).get("step", 0) if checkpoint.find(c) else None  # noqa: E731
+    latest, prev = step(ckpt), step(ckpt.with_name(ckpt.name + "-prev"))
+    if latest is None:
+        return "No checkpoint was saved."
+    if latest < bad_since:
+        return f"The last good checkpoint, {ckpt} (step {latest}), is kept."
+    if prev is None or prev >= bad_since:
+        return f"No checkpoint from before step {bad_since} is left; {ckpt} (step {latest}) is from after it."
+    diverged = ckpt.with_name(ckpt.name + "-diverged")
+    shutil.rmtree(diverged, ignore_errors=True)
+    os.replace(ckpt, diverged)
+    os.replace(ckpt.with_name(ckpt.name + "-prev"), ckpt)
+    return (f"{ckpt} is now the last good checkpoint (step {prev}); the one saved after the trouble began "
+            f"(step {latest}) is in {diverged}.")
 
 
 def run_eval(model, tokenizer, template, problems, args, step, out, log):
@@ -250,70 +310,90 @@ def run_eval(model, tokenizer, template, problems, args, step, out, log):
 
 
 def main(argv=None):
-    args = get_args(argv)
-    cfg = grpo_config(args)
-    template = get_template(args.template)
+    args = get_args(argv)                        # every flag (GRPOConfig's checks too) before anything is loaded
+    cfg, template = grpo_config(args), get_template(args.template)
     seed_everything(args.seed)
     device = pick_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps(vars(args), indent=2))
-    t_start = time.time()
+    out, t_start = Path(args.out), time.time()
 
     base = Path(args.base)
-    if not base.exists():
+    if checkpoint.find(base) is None and not base.exists():
         if args.base != get_args([]).base:
-            raise FileNotFoundError(f"base checkpoint {base} does not exist")
+            raise SystemExit(f"base checkpoint {base} does not exist")
         print0(f"no base model at {base}: pretraining one (pretrain.py defaults)")
         import pretrain
         # only the forced-mode diagnostic: the sampled base evaluation is the first thing done below
         pretrain.main(["--out", str(base), "--device", args.device, "--eval-k", "0"])
 
-    resume_dir = out / "checkpoint"
-    resuming = args.resume and resume_dir.exists()
-    if args.resume and not resuming:
-        print0(f"--resume: no checkpoint at {resume_dir}, starting fresh")
-    policy, tokenizer, state = checkpoint.load(resume_dir if resuming else base, device=device)
+    # A run folder is either resumed or started clean, never mixed (nanor1.training.prepare_run).
+    # (a folder holding only args.json is a run that failed at start-up: it may be started again)
+    resuming = prepare_run(out, resume=args.resume, args=vars(args), fresh_ok=("args.json",))
+    ckpt = out / "checkpoint"
+    policy, tokenizer, state = checkpoint.load(checkpoint.find(ckpt) if resuming else base, device=device)
     if tokenizer is None:
-        raise ValueError(f"{base} has no tokenizer.json; R1-Zero needs one to build prompts and read answers")
+        raise SystemExit(f"{base} has no tokenizer.json; R1-Zero needs one to build prompts and read answers")
     ref = None
     if args.beta > 0:  # the frozen reference: the base model itself
         ref = copy.deepcopy(policy) if not resuming else checkpoint.load(base, device=device)[0]
         ref.eval().requires_grad_(False)
     optimizer = make_optimizer(policy, args.lr, args.weight_decay)
     reward_fn = rule_rewards({"accuracy": args.accuracy_weight, "format": args.format_weight}, template)
-    train_batch, eval_problems = problem_source(args)
+    train_batch, eval_problems = problem_source(args, tokenizer, template, policy.cfg.max_seq_len)
 
-    start = 0
+    start, report = 0, None
     if resuming:
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start = state["step"]
-        print0(f"resumed from {resume_dir} at step {start}")
-    log = JsonlLogger(out / "metrics.jsonl")
+        print0(f"resumed from {ckpt} at step {start}")
+        if start >= args.steps and (out / "summary.json").exists():
+            print0(f"{out} is complete ({start} steps); pass a larger --steps to continue")
+            return json.loads((out / "summary.json").read_text())
+    log = JsonlLogger(out / "metrics.jsonl", resume_step=start if resuming else None)  # one row per step
     if start == 0:
         base_report = run_eval(policy, tokenizer, template, eval_problems, args, 0, out, log)
         (out / "base_eval.json").write_text(json.dumps(base_report, indent=2))
         print0("base: " + json.dumps(base_report))
 
-    for step in (bar := tqdm(range(start, args.steps), desc="R1-Zero", initial=start, total=args.steps)):
-        set_lr(optimizer, lr_at(step, max_lr=args.lr, warmup=args.warmup, total=args.steps, min_lr_ratio=1.0))
-        problems = train_batch(step, args.prompts_per_step)
-        metrics = rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg,
-                          seed=args.seed * 100_003 + step, ref=ref, refill=lambda n, s=step: train_batch(s, n, salt=1))
-        log.log(step=step + 1, **metrics)
-        bar.set_postfix(acc=f"{metrics['reward/accuracy']:.2f}", len=f"{metrics['mean_length']:.0f}",
-                        refl=f"{metrics['reflection_rate']:.2f}")
-        done = step + 1
-        if done % args.save_every == 0 or done == args.steps:
-            checkpoint.save(resume_dir, policy, tokenizer=tokenizer, extra={"template": template.name},
-                            train_state={"optimizer": optimizer.state_dict(), "step": done, "rng": rng_state()})
-        if done % args.eval_every == 0 or done == args.steps:
-            report = run_eval(policy, tokenizer, template, eval_problems, args, done, out, log)
-            tqdm.write(f"step {done}: " + json.dumps(report))
+    def save(done):
+        keep_previous(ckpt)        # so the divergence guard can fall back if this save lands after a collapse
+        checkpoint.save(ckpt, policy, tokenizer=tokenizer, extra={"template": template.name, "step": done},
+                        train_state={"optimizer": optimizer.state_dict(), "step": done, "rng": rng_state()})
+
+    guard, saved = DivergenceGuard(patience=max(1, args.guard_patience)), start
+    with interrupt_handler() as stop:
+        for step in (bar := tqdm(range(start, args.steps), desc="R1-Zero", initial=start, total=args.steps)):
+            set_lr(optimizer, lr_at(step, max_lr=args.lr, warmup=args.warmup, total=args.steps, min_lr_ratio=1.0))
+            problems = train_batch(step, args.prompts_per_step)
+            metrics = rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg,
+                              seed=args.seed * 100_003 + step, ref=ref,
+                              refill=lambda n, s=step: train_batch(s, n, salt=1))
+            done = step + 1
+            log.log(step=done, **metrics)
+            bar.set_postfix(acc=f"{metrics['reward/accuracy']:.2f}", len=f"{metrics['mean_length']:.0f}",
+                            refl=f"{metrics['reflection_rate']:.2f}")
+            reason = guard.update({"step": done, **metrics}) if args.guard_patience else None
+            if reason is not None:   # this step's weights are not saved; the last good checkpoint is kept
+                log.log(step=done, stopped=reason)
+                raise SystemExit(f"step {done}: {reason}.\n{fall_back(ckpt, guard.bad_since or done)} "
+                                 "Lower --lr and --resume, or pass --guard-patience 0 to run on regardless.")
+            if done % args.save_every == 0 or done == args.steps:
+                save(done)
+                saved = done
+            if done % args.eval_every == 0 or done == args.steps:
+                report = run_eval(policy, tokenizer, template, eval_problems, args, done, out, log)
+                tqdm.write(f"step {done}: " + json.dumps(report))
+            if stop.check() and done < args.steps:
+                if saved != done:
+                    save(done)
+                log.close()
+                print0(f"{stop.signal}: saved {ckpt} at step {done}; continue with --resume")
+                return None
+    if report is None and args.steps > 0:      # resumed after the last save but before the final evaluation
+        report = run_eval(policy, tokenizer, template, eval_problems, args, args.steps, out, log)
     log.close()
 
-    if args.steps > 0 and start < args.steps:
+    if args.steps > 0:
         base_report = json.loads((out / "base_eval.json").read_text()) if (out / "base_eval.json").exists() else {}
         summary = {"base": base_report, "final": report, "minutes": (time.time() - t_start) / 60}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -331,4 +411,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (RunFolderError, FileNotFoundError, FileExistsError, JsonlFormatError) as e:
+        raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:   # a second Ctrl-C: quit at once (the first one saves, see interrupt_handler)
+        raise SystemExit("interrupted: the last saved checkpoint is kept; continue with --resume") from None

@@ -73,8 +73,18 @@ LLAMA = dict(COMMON, architectures=["LlamaForCausalLM"], model_type="llama", int
              tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
              rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
 
+# Llama 3.1 (the R1-Distill-Llama students): llama3 RoPE scaling with Llama 3.1's factors, published spelling.
+# head_dim 16 at theta 5e5 has wavelengths 6.3, 32, 168, 869, ... tokens: against original 64 (wavelength bounds
+# 64/4 = 16 and 64/1 = 64) the first pair is kept, the second blended, the other six slowed 8x, so ignoring the
+# scaling moves the logits far (checked below).
+LLAMA3 = dict(COMMON, architectures=["LlamaForCausalLM"], model_type="llama", intermediate_size=48,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+              tie_word_embeddings=False, attention_bias=False, mlp_bias=False, rope_theta=500000.0,
+              rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 64})
+
 FIXTURES = {"deepseek_v3": DEEPSEEK_V3, "deepseek_v2": DEEPSEEK_V2, "qwen2_tied": QWEN2_TIED,
-            "qwen2_untied": QWEN2_UNTIED, "llama": LLAMA}
+            "qwen2_untied": QWEN2_UNTIED, "llama": LLAMA, "llama3": LLAMA3}
 
 
 @torch.no_grad()
@@ -143,6 +153,15 @@ def make(name, cfg_dict, seed):
     diff = (again(prompt).logits - logits).abs().max().item()
     if diff > 1e-6:
         raise SystemExit(f"{name}: reloaded folder differs from the in-memory model by {diff:.2e}")
+    scaling = cfg_dict.get("rope_scaling") or cfg_dict.get("rope_parameters") or {}
+    if scaling.get("rope_type", scaling.get("type", "default")) != "default":  # the scaling must matter here
+        plain = {k: v for k, v in cfg_dict.items() if k not in ("rope_scaling", "rope_parameters", "architectures")}
+        plain["rope_theta"] = scaling.get("rope_theta", cfg_dict.get("rope_theta", 10000.0))
+        unscaled = AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**plain),
+                                                    attn_implementation="eager", dtype=torch.float32).eval()
+        unscaled.load_state_dict(model.state_dict())
+        moved = (unscaled(prompt).logits - logits).abs().max().item()
+        print(f"{name:14s} without its RoPE scaling the logits move by {moved:.3f}")
 
     save_file({"input_ids": prompt, "logits": logits.float().contiguous(),
                "padded_ids": ids, "padded_mask": mask, "padded_pos": pos,

@@ -8,8 +8,24 @@ Stages talk only through checkpoint folders. A nanor1 folder holds:
   tokenizer.json     (+ tokenizer_config.json) when a tokenizer is given
   train_state.pt     optimizer state, step, RNG state, data position... whatever the caller passes (torch.save)
   extra.json         free-form JSON metadata (stage, resolved arguments), read back with read_extra
-save() is atomic: everything is written to a hidden folder next to the target, fsynced, then renamed over it, so a
-crash leaves either the previous checkpoint or the new one, never half of one.
+
+save() writes only those files (OWN_FILES) and never moves or deletes anything else: the folder may also hold a run's
+metrics, notes or other runs' folders, and they stay where they are. A folder that holds one of those names without
+being a nanor1 checkpoint (an HF checkpoint, someone's config.json) is refused rather than overwritten. The save is
+atomic in three phases, all inside the folder:
+  1. stage:   the new files and a manifest of their names go to <folder>/.nanor1-save.tmp/, fsynced. A crash here
+              leaves the previous checkpoint untouched; the next save clears the stage.
+  2. commit:  one rename, .nanor1-save.tmp -> .nanor1-save.new. From here on the new checkpoint is complete on disk.
+  3. install: each new file is renamed over its old version, old files the new checkpoint lacks are removed, then
+              .nanor1-save.new. A crash here leaves a mix in the folder, which find() (called by load() and by the
+              next save()) rolls forward to the new checkpoint before anything reads it.
+Phases 2-3 hold an exclusive flock on the folder and load() reads under a shared one, so a reader in another
+process never sees a mix either (an install waits for the loads in progress; one writer per folder at a time). find() also recovers what saves of earlier nanor1
+versions left when interrupted (they swapped whole folders): the sibling .<name>.old (the previous checkpoint, which
+is put back) and .<name>.tmp.
+
+load() refuses weights with NaN/inf (allow_nonfinite=True to inspect them), and names the file behind any error: a
+truncated model.safetensors, an invalid config.json, a truncated tokenizer.json.
 
 load() also reads HuggingFace folders (config.json, model.safetensors or a sharded model.safetensors.index.json)
 of DeepseekV3ForCausalLM (DeepSeek-V3 / R1), DeepseekV2ForCausalLM, Qwen2ForCausalLM and LlamaForCausalLM (the R1
@@ -24,10 +40,11 @@ distillation students). This file is the only place that knows HF names; model.p
     transformers' (rope_parameters).
 Deviations and limits: MTP layers of a DeepSeek checkpoint (model.layers.{n_layers}.*, num_nextn_predict_layers)
 are skipped, so an HF load has n_mtp=0. FP8 checkpoints (quantization_config) must be dequantized first. Options
-nanor1 cannot reproduce exactly are errors, never silently approximated: RoPE types other than YaRN (llama3,
-linear, dynamic: so R1-Distill-Llama's llama3 RoPE is refused), YaRN on GQA models (transformers scales their
-cos/sin), mscale != mscale_all_dim, moe_layer_freq != 1, sliding windows, biases nanor1 has no slot for.
+nanor1 cannot reproduce exactly are errors, never silently approximated: RoPE types other than YaRN and llama3
+(linear, dynamic, longrope), YaRN on GQA models (transformers scales their cos/sin), llama3 on MLA models,
+mscale != mscale_all_dim, moe_layer_freq != 1, sliding windows, biases nanor1 has no slot for.
 """
+import contextlib
 import importlib.util
 import json
 import os
@@ -36,9 +53,14 @@ import shutil
 import sys
 from pathlib import Path
 
+try:
+    import fcntl  # POSIX file locks; without them (Windows) saves are still atomic, readers just do not wait
+except ImportError:
+    fcntl = None
+
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from nanor1.model import Gate, ModelConfig, Transformer, rope_tables
@@ -46,6 +68,8 @@ from nanor1.model import Gate, ModelConfig, Transformer, rope_tables
 FORMAT = "nanor1"
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 TRAIN_STATE, EXTRA, TOKENIZER = "train_state.pt", "extra.json", "tokenizer.json"
+OWN_FILES = (CONFIG, WEIGHTS, TOKENIZER, "tokenizer_config.json", TRAIN_STATE, EXTRA)  # all that save() writes
+STAGE, COMMITTED, MANIFEST = ".nanor1-save.tmp", ".nanor1-save.new", "manifest.json"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -73,7 +97,7 @@ def _fsync(path: Path):
 
 
 def save(folder, model, *, tokenizer=None, train_state: dict | None = None, extra: dict | None = None):
-    """Write a checkpoint folder atomically (see the module docstring for its files).
+    """Write a checkpoint into `folder` atomically, touching only its own files (see the module docstring).
 
     Distributed: call on every rank. Sharded (DTensor) weights are gathered on all ranks, then only rank 0 writes,
     and all ranks wait at a barrier so that nobody reads the folder before it exists. train_state is written as
@@ -89,41 +113,126 @@ def save(folder, model, *, tokenizer=None, train_state: dict | None = None, extr
         state.pop("head.weight", None)  # the same tensor as embed.weight
     extra_text = None if extra is None else json.dumps(extra, indent=2)  # not JSON-able: fail before writing
     if rank0:
-        _write_atomic(Path(folder), state, model.cfg, tokenizer, train_state, extra_text)
+        _write_atomic(_absolute(folder), state, model.cfg, tokenizer, train_state, extra_text)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
-def _write_atomic(folder: Path, state, cfg: ModelConfig, tokenizer, train_state, extra_text):
-    folder = folder.absolute()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp")   # a leftover from a crash is simply overwritten
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+def _absolute(folder) -> Path:
+    return Path(os.path.abspath(folder))  # normalised: "." and "runs/" have a name, so siblings can be named
+
+
+@contextlib.contextmanager
+def _lock(folder: Path, exclusive: bool):
+    """flock on the folder itself (released when the process dies): install holds it exclusively, load shared."""
     try:
-        save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
-        (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, **cfg.to_dict()}, indent=2) + "\n")
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            except OSError:
+                pass  # a filesystem without locks: saves stay atomic, a concurrent reader may have to retry
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_nanor1(folder: Path) -> bool:
+    try:
+        return json.loads((folder / CONFIG).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write_atomic(folder: Path, state, cfg: ModelConfig, tokenizer, train_state, extra_text):
+    folder.mkdir(parents=True, exist_ok=True)
+    _recover(folder)  # finish (or undo) an interrupted save first
+    theirs = [name for name in OWN_FILES if (folder / name).exists()]
+    if theirs and not _is_nanor1(folder):
+        raise FileExistsError(f"{folder} holds {theirs} but is not a nanor1 checkpoint ({CONFIG} lacks "
+                              f"\"format\": \"{FORMAT}\"): refusing to overwrite them; save into another folder")
+    stage = folder / STAGE
+    shutil.rmtree(stage, ignore_errors=True)  # left by a crash while staging: incomplete, and ours
+    stage.mkdir()
+    try:
+        save_file(state, stage / WEIGHTS, metadata={"format": "pt"})
+        (stage / CONFIG).write_text(json.dumps({"format": FORMAT, **cfg.to_dict()}, indent=2) + "\n")
         if tokenizer is not None:
-            tokenizer.save(tmp)
+            tokenizer.save(stage)
         if train_state is not None:
-            torch.save(train_state, tmp / TRAIN_STATE)
+            torch.save(train_state, stage / TRAIN_STATE)
         if extra_text is not None:
-            (tmp / EXTRA).write_text(extra_text + "\n")
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                _fsync(f)
-        _fsync(tmp)
+            (stage / EXTRA).write_text(extra_text + "\n")
+        names = sorted(f.name for f in stage.iterdir())
+        if set(names) - set(OWN_FILES):  # install only moves OWN_FILES: anything else would be lost
+            raise RuntimeError(f"checkpoint.save wrote {sorted(set(names) - set(OWN_FILES))}, not in OWN_FILES")
+        (stage / MANIFEST).write_text(json.dumps(names) + "\n")
+        for f in stage.iterdir():
+            _fsync(f)
+        _fsync(stage)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
         raise
-    # Two renames: between them only .old exists (complete), and load() points there if asked for the target.
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    _fsync(folder.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    with _lock(folder, exclusive=True):
+        os.replace(stage, folder / COMMITTED)  # the commit point
+        _fsync(folder)
+        _install(folder)
+
+
+def _install(folder: Path):
+    """Move a committed save's files into place; idempotent, so a crash anywhere in it is finished by a rerun."""
+    new = folder / COMMITTED
+    if (new / MANIFEST).is_file():  # no manifest: a previous install got as far as deleting it
+        names = json.loads((new / MANIFEST).read_text())
+        for name in OWN_FILES:
+            if (new / name).exists():
+                os.replace(new / name, folder / name)
+            elif name not in names:
+                (folder / name).unlink(missing_ok=True)  # the previous checkpoint had it, the new one does not
+        _fsync(folder)
+        (new / MANIFEST).unlink()
+    shutil.rmtree(new)
+    _fsync(folder)
+
+
+def _only_own_files(folder: Path) -> bool:
+    return folder.is_dir() and all(f.name in OWN_FILES for f in folder.iterdir())
+
+
+def _recover(folder: Path):
+    """Finish a committed save; put back the previous checkpoint of an interrupted folder swap (older nanor1)."""
+    if (folder / COMMITTED).is_dir():
+        with _lock(folder, exclusive=True):
+            if (folder / COMMITTED).is_dir():  # not finished by another process while we waited for the lock
+                _install(folder)
+    old, tmp = (folder.with_name(f".{folder.name}.{ext}") for ext in ("old", "tmp"))
+    if not (folder / CONFIG).is_file() and (old / CONFIG).is_file():
+        # old versions renamed folder -> .old, then .tmp -> folder: a crash between left no folder. .old is the
+        # previous checkpoint, complete for sure; .tmp may be the next one, but cannot be proven complete.
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        if not folder.exists():
+            os.replace(old, folder)
+            _fsync(folder.parent)
+    if (folder / CONFIG).is_file():
+        for leftover in (old, tmp):  # an unfinished temporary or an already replaced checkpoint of an old save
+            if _only_own_files(leftover):
+                shutil.rmtree(leftover)
+
+
+def find(folder) -> Path | None:
+    """The complete checkpoint at `folder` (nanor1 or HF), after recovering an interrupted save; None if there is none.
+
+    Use it for --resume: `ckpt = checkpoint.find(out / "checkpoint")`. It may repair the folder (see the module
+    docstring), so on several ranks call it on rank 0 before the others look."""
+    folder = _absolute(folder)
+    if folder.is_dir() or folder.with_name(f".{folder.name}.old").is_dir():
+        _recover(folder)
+    return folder if (folder / CONFIG).is_file() else None
 
 
 def read_extra(path) -> dict | None:
@@ -224,9 +333,17 @@ def _rope_fields(hf: dict, attn: str, where: str) -> dict:
         raise NotImplementedError(f"{where}: partial_rotary_factor != 1 is not supported")
     if kind == "default":
         return dict(rope_theta=theta, original_seq_len=max_len)  # YaRN off: nanor1 enables it beyond original_seq_len
+    if kind == "llama3" and attn == "gqa":  # Llama 3.1 / R1-Distill-Llama
+        for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+            if key not in params:
+                raise ValueError(f"{where}: llama3 rope scaling lacks {key!r}")
+        return dict(rope_theta=theta, rope_type="llama3", rope_factor=float(params["factor"]),
+                    low_freq_factor=float(params["low_freq_factor"]),
+                    high_freq_factor=float(params["high_freq_factor"]),
+                    original_seq_len=int(params["original_max_position_embeddings"]))
     if kind != "yarn" or attn != "mla":
         raise NotImplementedError(f"{where}: RoPE type {kind!r} on a {attn} model is not supported (nanor1 has plain "
-                                  "RoPE, and YaRN with DeepSeek's MLA softmax scaling)")
+                                  "RoPE, YaRN with DeepSeek's MLA softmax scaling, and llama3 on GQA models)")
     for key in ("factor", "original_max_position_embeddings"):
         if key not in params:
             raise ValueError(f"{where}: YaRN rope scaling lacks {key!r}")
@@ -328,7 +445,10 @@ def _tensor_files(folder: Path) -> list[Path]:
     if (folder / WEIGHTS).is_file():
         return [folder / WEIGHTS]
     if (folder / INDEX).is_file():
-        weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+        try:
+            weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{folder / INDEX}: not a safetensors index ({type(e).__name__}: {e})") from None
         files = [folder / name for name in sorted(set(weight_map.values()))]
         for f in files:
             if not f.is_file():
@@ -340,9 +460,51 @@ def _tensor_files(folder: Path) -> list[Path]:
 def _iter_tensors(files: list[Path], device):
     """(name, tensor, file) for every tensor of the files, read one at a time to keep peak memory low."""
     for f in files:
-        with safe_open(f, framework="pt", device=str(device)) as sf:
-            for name in sf.keys():
-                yield name, sf.get_tensor(name), f
+        try:
+            with safe_open(f, framework="pt", device=str(device)) as sf:
+                for name in sf.keys():
+                    yield name, sf.get_tensor(name), f
+        except SafetensorError as e:
+            raise ValueError(f"{f}: cannot read it ({e}): the file is truncated or corrupt; "
+                             "save or download it again") from None
+
+
+def _finite(tensors, bad: list):
+    """Pass (name, tensor, file) through, listing the floating tensors that hold NaN or inf."""
+    for name, t, f in tensors:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad.append(f"{name} (in {f})")
+        yield name, t, f
+
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    """None, a floating torch dtype, or a name ("bf16", "bfloat16", "fp16", "fp32", "float32", ...) -> torch dtype."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(f"dtype {dtype!r} is not a floating dtype; use None (keep the stored dtypes), a floating "
+                     f"torch.dtype or one of {sorted(DTYPES)}")
+
+
+def _device(device, folder: Path) -> torch.device:
+    """The device to load onto, checked before any file is read (torch's own errors do not say what was asked)."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"cannot load {folder} onto {device!r}: CUDA is not available on this machine "
+                           f"(torch {torch.__version__}); use device='cpu'")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise RuntimeError(f"cannot load {folder} onto {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"cannot load {folder} onto {device!r}: MPS is not available on this machine")
+    return d
 
 
 def _cast(name: str, t: torch.Tensor, dtype) -> torch.Tensor:
@@ -443,22 +605,42 @@ def _load_tokenizer(folder: Path):
     return Tokenizer.load(folder)
 
 
-def load(path, *, device="cpu", dtype=None) -> tuple[Transformer, object, dict | None]:
+def load(path, *, device="cpu", dtype=None, allow_nonfinite: bool = False
+         ) -> tuple[Transformer, object, dict | None]:
     """Load a nanor1 or HuggingFace checkpoint folder -> (model, tokenizer or None, train_state or None).
 
-    dtype: cast floating weights (not the routing bias) to it; None keeps the stored dtypes, so a nanor1
-    checkpoint loads back bit-identical. The model is built on the meta device and takes the loaded tensors as
-    they are, so no memory is spent on a throw-away initialisation.
+    dtype: cast floating weights (not the routing bias) to it (a torch dtype or "bf16", "fp32", ...); None keeps the
+    stored dtypes, so a nanor1 checkpoint loads back bit-identical. The model is built on the meta device and takes
+    the loaded tensors as they are, so no memory is spent on a throw-away initialisation. Weights with NaN or inf
+    are refused (the run that saved them diverged) unless allow_nonfinite. An interrupted save is recovered first
+    (see find).
     """
     folder = Path(path)
-    if not folder.is_dir():
-        old = folder.with_name(f".{folder.name}.old")
-        hint = f" (an interrupted save left the previous checkpoint at {old})" if old.is_dir() else ""
-        raise FileNotFoundError(f"checkpoint folder {folder} does not exist{hint}")
-    if not (folder / CONFIG).is_file():
+    device, dtype = _device(device, folder), parse_dtype(dtype)
+    found = find(folder)
+    if found is None:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file; a checkpoint is a folder (config.json, model.safetensors)")
+        if not folder.is_dir():
+            raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
         raise FileNotFoundError(f"{folder}: no {CONFIG}")
-    raw = json.loads((folder / CONFIG).read_text())
+    for _ in range(3):
+        with _lock(found, exclusive=False):
+            if not (found / COMMITTED).is_dir():
+                return _load(found, device, dtype, allow_nonfinite)
+        _recover(found)  # a save died after its commit while we waited: finish it, then read
+    raise RuntimeError(f"{found}: a save keeps being interrupted ({COMMITTED} reappears); is another process "
+                       "saving into it?")
+
+
+def _load(folder: Path, device, dtype, allow_nonfinite: bool):
     where = str(folder / CONFIG)
+    try:
+        raw = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}")
     files = _tensor_files(folder)
     if "format" in raw:
         if raw["format"] != FORMAT:
@@ -475,15 +657,25 @@ def load(path, *, device="cpu", dtype=None) -> tuple[Transformer, object, dict |
     expected = model.state_dict()
     if cfg.tie_embeddings:
         expected.pop("head.weight")
+    nonfinite = []
+    tensors = _iter_tensors(files, device)
+    tensors = tensors if allow_nonfinite else _finite(tensors, nonfinite)
     if "format" in raw:
-        state = _check_nanor1(_iter_tensors(files, device), files, expected, dtype)
+        state = _check_nanor1(tensors, files, expected, dtype)
     else:
-        state = _convert_hf(_iter_tensors(files, device), files, cfg, n_mtp_skip, expected, dtype)
+        state = _convert_hf(tensors, files, cfg, n_mtp_skip, expected, dtype)
+    if nonfinite:
+        raise ValueError(f"non-finite weights (NaN or inf) in {_listed(nonfinite)}: the run that saved them "
+                         "diverged; load an earlier checkpoint (or pass allow_nonfinite=True to inspect this one)")
     model = _materialise(model, state, device)
     train_state = None
     if (folder / TRAIN_STATE).is_file():
         # our own file (written by save): a full pickle, since it may hold numpy/python RNG states
-        train_state = torch.load(folder / TRAIN_STATE, map_location="cpu", weights_only=False)
+        try:
+            train_state = torch.load(folder / TRAIN_STATE, map_location="cpu", weights_only=False)
+        except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
+            raise ValueError(f"{folder / TRAIN_STATE}: cannot read it ({type(e).__name__}: {e}): the file is "
+                             "truncated or corrupt") from None
     return model, _load_tokenizer(folder), train_state
 
 

@@ -61,6 +61,9 @@ class ModelConfig:
     beta_fast: float = 32.0
     beta_slow: float = 1.0
     mscale: float = 1.0
+    rope_type: str = "yarn"         # "yarn" (above), or "llama3": Llama 3.1's scaling by rope_factor, on at any length
+    low_freq_factor: float = 1.0    # llama3: wavelengths > original_seq_len / low_freq_factor are stretched fully,
+    high_freq_factor: float = 4.0   # < original_seq_len / high_freq_factor not at all, a smooth blend in between
     # feed-forward: dense SwiGLU in the first n_dense_layers blocks (all blocks if n_routed_experts == 0)
     inter_dim: int = 384
     n_dense_layers: int = 1
@@ -100,6 +103,10 @@ class ModelConfig:
         rope_dim = self.qk_rope_head_dim if self.attn == "mla" else self.head_dim
         if rope_dim % 2:
             raise ValueError(f"the RoPE dimension must be even, got {rope_dim}")
+        if self.rope_type not in ("yarn", "llama3") or (self.rope_type == "llama3" and self.attn != "gqa"):
+            raise ValueError(f"rope_type must be 'yarn', or 'llama3' on a gqa model, got {self.rope_type!r}")
+        if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError("llama3 RoPE needs high_freq_factor > low_freq_factor")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -167,9 +174,16 @@ def yarn_mscale(factor: float, mscale: float) -> float:
 
 
 def rope_tables(dim: int, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [max_seq_len, dim/2] for RoPE; with YaRN's frequency interpolation when the context is extended."""
+    """cos, sin [max_seq_len, dim/2] for RoPE; with YaRN's frequency interpolation when the context is extended,
+    or Llama 3.1's frequency scaling (rope_type "llama3")."""
     freqs = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))  # [dim/2]
-    if cfg.max_seq_len > cfg.original_seq_len:
+    if cfg.rope_type == "llama3":
+        # long wavelengths are slowed by rope_factor, short ones kept, a linear blend in 1/wavelength between
+        wavelen = 2 * math.pi / freqs
+        keep = ((cfg.original_seq_len / wavelen - cfg.low_freq_factor)
+                / (cfg.high_freq_factor - cfg.low_freq_factor)).clamp(0, 1)        # [dim/2], 1 = unchanged
+        freqs = freqs / cfg.rope_factor * (1 - keep) + freqs * keep
+    elif cfg.max_seq_len > cfg.original_seq_len:
         # YaRN: low frequencies (long wavelengths) are interpolated by rope_factor, high ones kept, ramp between.
         def correction_dim(n_rot):  # the dimension whose wavelength makes n_rot turns over the original context
             return dim * math.log(cfg.original_seq_len / (n_rot * 2 * math.pi)) / (2 * math.log(cfg.rope_theta))

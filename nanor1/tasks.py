@@ -4,11 +4,13 @@ R1-Zero (paper Sec. 2.2) needs problems whose answers a rule can check: math wit
 At our scale we generate them, with no download and no leakage:
 - `ArithmeticTask`: sums of distinct digits, "3 + 7 + 5 + 2 + 9" -> "26". The digits are distinct so that each
   reasoning step ("10 + 5 = 15") finds its next operand by content (the number after the last one used) rather than
-  by counting positions: a tiny model learns that in minutes, and RL then has a reliable mode to select
-  (shared/notes/tiny-r1zero.md).
+  by counting positions: a tiny model learns that in minutes, and RL then has a reliable mode to select (sums of
+  six digits with repeats were not learned in the same time: see dev/LOG.md).
 - `CountdownTask`: reach a target from given numbers with + - * /, each number once. A search task: the first try
   is often wrong, so checking and retrying pays, which is where the paper's "aha" behaviour can grow.
-- `load_jsonl`: real benchmarks (GSM8K, MATH-500, AIME 2024) as the same `Problem` type.
+- `load_jsonl`: real benchmarks (GSM8K, MATH-500, AIME 2024) as the same `Problem` type, each remembering its
+  file:line; `validate_problems` finds, before step 1, the problems that would crash a run at the step that samples
+  them (a prompt too long for the context, a gold answer the grader cannot parse, missing countdown/code data).
 
 Splits: each problem goes to "train" or "test" by a stable hash of its canonical content, the part that decides the
 answer (arithmetic: the multiset of signed terms, so no reordering of a test sum is ever trained on; countdown: the
@@ -31,9 +33,12 @@ import json
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+
+from nanor1.math_grader import math_equal
 
 SPLITS = ("train", "test")
 KINDS = ("math", "countdown", "code")
@@ -357,16 +362,24 @@ def _answer_string(answer) -> str | None:
 
 
 def load_jsonl(path: str | Path, kind: str = "math") -> list[Problem]:
-    """Problems from a JSONL file of {"problem" or "question", "answer", optional "id"/"unique_id", extras...}."""
+    """Problems from a JSONL file of {"problem" or "question", "answer", optional "id"/"unique_id", extras...}.
+
+    Each problem's data["where"] is "path:line", so later errors (validate_problems, a reward) can name it.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     path = Path(path)
     problems = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:  # bytes: a bad byte is reported with its line, not as a bare UnicodeDecodeError
+        for line_no, raw in enumerate(f, start=1):
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a BOM on the first line is fine
+            except UnicodeDecodeError as e:
+                raise JsonlFormatError(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                       "re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
@@ -387,8 +400,70 @@ def load_jsonl(path: str | Path, kind: str = "math") -> list[Problem]:
             extras = {k: v for k, v in record.items() if k not in ("problem", "question", "answer", "id")}
             if isinstance(record["answer"], str) and "####" in record["answer"]:
                 extras.setdefault("solution", record["answer"])  # GSM8K's worked solution, kept for SFT
+            extras["where"] = where
             problems.append(Problem(id=pid, question=question, answer=answer, kind=kind, data=extras))
+    if not problems:
+        raise JsonlFormatError(f"{path}: no problems in it (the file is empty or blank)")
     return problems
+
+
+def problem_where(problem: Problem) -> str:
+    """Where a problem comes from, for messages: "file.jsonl:12 (id ...)" for a loaded one, else "problem <id>"."""
+    where = problem.data.get("where") if isinstance(problem.data, dict) else None
+    return f"{where} (id {problem.id})" if where else f"problem {problem.id}"
+
+
+def _data_error(problem: Problem) -> str | None:
+    """What is wrong with a countdown/code problem's data for its reward, or None."""
+    data = problem.data if isinstance(problem.data, dict) else {}
+    if problem.kind == "countdown":
+        numbers, target = data.get("numbers"), data.get("target")
+        if not (isinstance(numbers, list) and numbers and all(type(x) is int for x in numbers)):
+            return f"countdown needs data 'numbers', a non-empty list of ints, got {numbers!r:.80}"
+        if type(target) is not int:
+            return f"countdown needs data 'target', an int, got {target!r:.80}"
+    elif problem.kind == "code":
+        tests = data.get("tests")
+        if not (isinstance(tests, list) and tests):
+            return f"code needs data 'tests', a non-empty list of {{'input', 'output'}} dicts, got {tests!r:.80}"
+        for i, t in enumerate(tests):
+            if not (isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)):
+                return f"code test {i} must be a dict with str 'input' and 'output', got {t!r:.80}"
+    return None
+
+
+def validate_problems(problems: list[Problem], *, prompt_tokens: Callable[[Problem], int],
+                      max_prompt_tokens: int) -> list[str]:
+    """One message per problem that would crash or be ungradable at the step that samples it; [] if all are fine.
+
+    Checks: the prompt fits (prompt_tokens(p) <= max_prompt_tokens: the context minus the tokens to generate),
+    a known kind, a gold answer the math grader can parse, countdown numbers/target, code tests. Scripts call it
+    before step 1 and refuse the file or drop the listed problems with a warning; each message names the problem's
+    file:line (or id).
+    """
+    errors = []
+    for p in problems:
+        where = problem_where(p)
+        if p.kind not in KINDS:
+            errors.append(f"{where}: unknown kind {p.kind!r} (expected one of {KINDS})")
+            continue
+        try:
+            n = prompt_tokens(p)
+        except Exception as e:  # e.g. a template that cannot take this question
+            errors.append(f"{where}: cannot build its prompt ({type(e).__name__}: {e})")
+        else:
+            if n > max_prompt_tokens:
+                errors.append(f"{where}: prompt is {n} tokens, more than the {max_prompt_tokens} the context "
+                              "leaves for it")
+        if p.kind == "math":
+            try:
+                math_equal("0", p.answer)  # ValueError for a gold it cannot parse; anything else is a grader bug
+            except Exception as e:
+                errors.append(f"{where}: the grader cannot use its gold answer {p.answer!r:.80} "
+                              f"({type(e).__name__}: {e})")
+        elif (why := _data_error(p)) is not None:
+            errors.append(f"{where}: {why}")
+    return errors
 
 
 if __name__ == "__main__":

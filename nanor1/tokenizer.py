@@ -90,9 +90,18 @@ class Tokenizer:
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no tokenizer file at {file}")
-        tok = tokenizers.Tokenizer.from_file(str(file))
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as e:  # the tokenizers library raises a bare Exception ("EOF while parsing ...")
+            raise ValueError(f"{file}: cannot read the tokenizer ({e}): the file is truncated or not a "
+                             "tokenizers JSON file") from None
         config_file = file.parent / "tokenizer_config.json"
-        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{config_file}: not valid JSON ({e})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
 
         def pick(key: str, names: list[str]) -> str | None:
             if key in config:  # "<s>", {"content": "<s>", ...} or null (Qwen has no BOS)

@@ -1,8 +1,10 @@
 """Checkpoints: parity with transformers on tiny HF fixtures, exact round trips, atomic saves, clear errors.
 
 The fixtures in tests/fixtures/ were made by dev/make_hf_fixtures.py with the transformers library (not needed
-here): random DeepSeek-V3/V2, Qwen2 (tied, untied) and Llama models, their logits and greedy continuations.
+here): random DeepSeek-V3/V2, Qwen2 (tied, untied), Llama and Llama 3.1 (llama3 RoPE) models, their logits and
+greedy continuations.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -15,10 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import nanor1.checkpoint as ck
-from nanor1.model import ModelConfig, Transformer, get_config
+from nanor1.model import ModelConfig, Transformer, get_config, rope_tables
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-HF_FIXTURES = ["deepseek_v3", "deepseek_v2", "qwen2_tied", "qwen2_untied", "llama"]
+HF_FIXTURES = ["deepseek_v3", "deepseek_v2", "qwen2_tied", "qwen2_untied", "llama", "llama3"]
 TOL = 1e-4
 
 
@@ -79,6 +81,11 @@ def test_parity_catches_layout_mistakes(monkeypatch):
     for moe in model.moe_layers():
         moe.gate.bias.zero_()
     assert max_logit_diff(model, reference("deepseek_v3")) > 100 * TOL
+    model, _, _ = ck.load(FIXTURES / "llama3")  # plain RoPE tables instead of Llama 3.1's scaled ones
+    assert model.cfg.rope_type == "llama3"
+    plain = dataclasses.replace(model.cfg, rope_type="yarn", original_seq_len=model.cfg.max_seq_len)
+    model.cos, model.sin = rope_tables(model.cfg.head_dim, plain)
+    assert max_logit_diff(model, reference("llama3")) > 100 * TOL
 
 
 def test_hf_config_spellings_agree():
@@ -92,6 +99,20 @@ def test_hf_config_spellings_agree():
     assert cfg.max_seq_len > cfg.original_seq_len and cfg.rope_factor == 4.0  # YaRN active
     assert (cfg.routing_bias, cfg.score_func, cfg.n_expert_groups, cfg.n_limited_groups) == (True, "sigmoid", 4, 2)
     assert n_mtp == 1
+
+
+def test_llama3_rope_config():
+    """Llama 3.1's rope_scaling (published) and rope_parameters (current) agree; a missing factor is named."""
+    published = json.loads((FIXTURES / "llama3" / "config.json").read_text())
+    current = {k: v for k, v in published.items() if k not in ("rope_scaling", "rope_theta")}
+    current["rope_parameters"] = {**published["rope_scaling"], "rope_theta": published["rope_theta"]}
+    cfg, _ = ck.translate_hf_config(published)
+    assert ck.translate_hf_config(current)[0] == cfg
+    assert (cfg.rope_type, cfg.rope_factor, cfg.low_freq_factor, cfg.high_freq_factor, cfg.original_seq_len) == \
+        ("llama3", 8.0, 1.0, 4.0, 64)
+    del current["rope_parameters"]["low_freq_factor"]
+    with pytest.raises(ValueError, match="low_freq_factor"):
+        ck.translate_hf_config(current)
 
 
 # config.json of deepseek-ai/DeepSeek-V3 (without its fp8 quantization_config) and DeepSeek-V2-Lite, as published
@@ -252,26 +273,144 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     (tmp_path / ".ckpt.tmp" / "model.safetensors").write_bytes(b"half")
     ck.save(tmp_path / "ckpt", second, train_state={"step": 2})
     assert sorted(os.listdir(tmp_path)) == ["ckpt"] and ck.load(tmp_path / "ckpt")[2] == {"step": 2}
+    # a crash while staging leaves the stage inside the folder: the previous checkpoint is intact, the next save
+    # clears it
+    (tmp_path / "ckpt" / ck.STAGE).mkdir()
+    (tmp_path / "ckpt" / ck.STAGE / "model.safetensors").write_bytes(b"half")
+    assert ck.load(tmp_path / "ckpt")[2] == {"step": 2}
+    ck.save(tmp_path / "ckpt", first, train_state={"step": 3})
+    assert ck.STAGE not in os.listdir(tmp_path / "ckpt") and ck.load(tmp_path / "ckpt")[2] == {"step": 3}
 
 
-def test_crash_between_renames_points_to_previous(tmp_path, monkeypatch):
+def weights_equal(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_crash_at_any_point_of_a_save_leaves_previous_or_new(tmp_path, monkeypatch):
+    """Crash at every rename and fsync of a save: find()/load() then give the previous or the new checkpoint, whole
+    (weights and train_state of the same save), the user's files survive, and the next save leaves nothing behind."""
+    torch.manual_seed(0)
+    first, second = Transformer(tiny_gqa_tied()), Transformer(tiny_gqa_tied())
+    real_replace, real_fsync = os.replace, os.fsync
+    k, outcomes = 0, set()
+    while True:
+        folder = tmp_path / f"run{k}"
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
+        (folder / "plots").mkdir()
+        ck.save(folder, first, train_state={"step": 1})
+        calls, committed = [], []
+
+        def crash_at_k(real):
+            def op(*args):
+                calls.append(1)
+                if len(calls) == k + 1:
+                    raise OSError("power cut")
+                real(*args)
+                if real is real_replace and str(args[1]).endswith(ck.COMMITTED):
+                    committed.append(1)
+            return op
+        with monkeypatch.context() as m:
+            m.setattr(os, "replace", crash_at_k(real_replace))
+            m.setattr(os, "fsync", crash_at_k(real_fsync))
+            try:
+                ck.save(folder, second, train_state={"step": 2})
+                done = True
+            except OSError as e:
+                assert "power cut" in str(e)
+                done = False
+        assert ck.find(folder) == folder
+        model, _, state = ck.load(folder)
+        expect = 2 if committed else 1
+        assert state == {"step": expect}, k
+        assert weights_equal(model, second if expect == 2 else first), k
+        assert (folder / "notes.txt").read_text() == "mine" and (folder / "plots").is_dir()
+        outcomes.add(expect)
+        ck.save(folder, first, train_state={"step": 3})
+        assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors", "notes.txt", "plots",
+                                              "train_state.pt"]
+        if done:
+            break
+        k += 1
+    assert outcomes == {1, 2} and k > 5  # crashes before and after the commit were both exercised
+
+
+def test_save_writes_only_its_own_files(tmp_path, monkeypatch):
+    """A save never deletes what it did not write: a run's notes, subfolders, metrics written before the save
+    (pretrain.py's pattern), and the current folder (python -m nanor1.checkpoint SRC .)."""
+    model = Transformer(tiny_gqa_tied())
+    out = tmp_path / "base"
+    out.mkdir()
+    (out / "pretrain_metrics.jsonl").write_text('{"step": 0}\n')
+    ck.save(out, model)
+    ck.save(out, model, train_state={"step": 1})
+    assert (out / "pretrain_metrics.jsonl").read_text() == '{"step": 0}\n'
+
+    runs = tmp_path / "runs"  # pretrain.py --out runs used to wipe runs/zero
+    (runs / "zero" / "checkpoint").mkdir(parents=True)
+    (runs / "zero" / "metrics.jsonl").write_text("x")
+    ck.save(runs / "zero" / "checkpoint", model)
+    ck.save(runs, model)
+    assert (runs / "zero" / "metrics.jsonl").read_text() == "x" and ck.find(runs / "zero" / "checkpoint")
+
+    cwd = tmp_path / "cwd"
+    (cwd / "sub").mkdir(parents=True)
+    (cwd / "notes.md").write_text("notes")
+    monkeypatch.chdir(cwd)
+    ck.save(".", model)
+    assert (cwd / "notes.md").read_text() == "notes" and (cwd / "sub").is_dir()
+    assert weights_equal(ck.load(".")[0], model)
+
+    # a later save without tokenizer/train_state removes those files of the previous save (they were its own)
+    tok = pytest.importorskip("nanor1.tokenizer").train_bpe(["1 + 2 = 3"] * 10, vocab_size=300)
+    ck.save(out, model, tokenizer=tok, train_state={"step": 2})
+    assert ck.load(out)[1] is not None
+    ck.save(out, model)
+    assert ck.load(out)[1:] == (None, None)
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "pretrain_metrics.jsonl"]
+
+
+def test_save_refuses_to_overwrite_foreign_files(tmp_path):
+    hf = copy_fixture("qwen2_tied", tmp_path)
+    before = {f.name: f.read_bytes() for f in hf.iterdir()}
+    with pytest.raises(FileExistsError, match=r"not a nanor1 checkpoint.*refusing"):
+        ck.save(hf, Transformer(tiny_gqa_tied()))
+    assert {f.name: f.read_bytes() for f in hf.iterdir()} == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{my experiment settings")
+    with pytest.raises(FileExistsError, match="config.json"):
+        ck.save(tmp_path / "mine", Transformer(tiny_gqa_tied()))
+    assert (tmp_path / "mine" / "config.json").read_text() == "{my experiment settings"
+
+
+def test_find_recovers_an_interrupted_folder_swap(tmp_path):
+    """Older saves swapped whole folders: a crash between the two renames left .ckpt.old and .ckpt.tmp (both
+    complete) and no ckpt, and --resume used to start from step 0. find() puts the previous checkpoint back."""
+    assert ck.find(tmp_path / "ckpt") is None
+    ck.save(tmp_path / "a", Transformer(tiny_gqa_tied()), train_state={"step": 1})
+    ck.save(tmp_path / "b", Transformer(tiny_gqa_tied()), train_state={"step": 2})
+    os.replace(tmp_path / "a", tmp_path / ".ckpt.old")
+    os.replace(tmp_path / "b", tmp_path / ".ckpt.tmp")
+    assert ck.find(tmp_path / "ckpt") == tmp_path / "ckpt"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"] and ck.load(tmp_path / "ckpt")[2] == {"step": 1}
+    # load() recovers too, from a relative path
+    os.replace(tmp_path / "ckpt", tmp_path / ".ckpt.old")
+    assert ck.load(tmp_path / "ckpt")[2] == {"step": 1}
+
+
+def test_readers_wait_for_an_install(tmp_path):
+    """load() reads under a shared lock, so it never sees a half-installed save (phase 3 holds the lock)."""
+    import threading
     ck.save(tmp_path / "ckpt", Transformer(tiny_gqa_tied()), train_state={"step": 1})
-    real_replace, calls = os.replace, []
-
-    def replace_then_crash(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:  # the old checkpoint was moved aside, the new one not yet moved in
-            raise OSError("power cut")
-        real_replace(src, dst)
-    with monkeypatch.context() as m:
-        m.setattr(os, "replace", replace_then_crash)
-        with pytest.raises(OSError, match="power cut"):
-            ck.save(tmp_path / "ckpt", Transformer(tiny_gqa_tied()), train_state={"step": 2})
-    with pytest.raises(FileNotFoundError, match=r"previous checkpoint at .*\.ckpt\.old"):
-        ck.load(tmp_path / "ckpt")
-    assert ck.load(tmp_path / ".ckpt.old")[2] == {"step": 1}  # complete
-    ck.save(tmp_path / "ckpt", Transformer(tiny_gqa_tied()), train_state={"step": 3})
-    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    got = []
+    with ck._lock(tmp_path / "ckpt", exclusive=True):
+        reader = threading.Thread(target=lambda: got.append(ck.load(tmp_path / "ckpt")[2]))
+        reader.start()
+        reader.join(timeout=0.5)
+        assert reader.is_alive() and not got
+    reader.join()
+    assert got == [{"step": 1}]
 
 
 def test_only_rank0_writes(tmp_path, monkeypatch):
@@ -350,3 +489,64 @@ def test_nanor1_shape_mismatch(tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**cfg, "inter_dim": 64}))
     with pytest.raises(ValueError, match=r"layers\.0\.ffn\.w1\.weight has shape \(48, 32\)"):
         ck.load(tmp_path / "ckpt")
+
+
+# ---- damaged or diverged checkpoints, bad arguments: errors that name the cause ----
+
+def test_nonfinite_weights_are_refused(tmp_path):
+    """A diverged run's NaN weights used to load and crash the sampler later ("index 424 is out of bounds")."""
+    model = Transformer(tiny_moe())
+    with torch.no_grad():
+        model.layers[1].attn.wkv_b.weight[0, 0] = float("nan")
+        model.layers[0].ffn.w1.weight[3, 1] = float("inf")
+    ck.save(tmp_path / "ckpt", model)
+    with pytest.raises(ValueError, match=r"non-finite.*layers\.0\.ffn\.w1\.weight \(in .*model\.safetensors\).*"
+                                         r"layers\.1\.attn\.wkv_b\.weight"):
+        ck.load(tmp_path / "ckpt")
+    loaded, _, _ = ck.load(tmp_path / "ckpt", allow_nonfinite=True)
+    assert loaded.layers[1].attn.wkv_b.weight[0, 0].isnan()
+
+    folder = copy_fixture("llama", tmp_path)  # HF names in the message
+    edit_weights(folder, lambda t: {**t, "model.norm.weight": t["model.norm.weight"] * float("inf")})
+    with pytest.raises(ValueError, match=r"non-finite.*model\.norm\.weight"):
+        ck.load(folder)
+
+
+def test_damaged_files_are_named(tmp_path):
+    tok = pytest.importorskip("nanor1.tokenizer").train_bpe(["1 + 2 = 3"] * 10, vocab_size=300)
+    ck.save(tmp_path / "ckpt", Transformer(tiny_gqa_tied()), tokenizer=tok, train_state={"step": 1})
+    folder = tmp_path / "ckpt"
+
+    def damaged(name, fn):
+        copy = tmp_path / f"damaged_{name}"
+        shutil.copytree(folder, copy)
+        (copy / name).write_bytes(fn((copy / name).read_bytes()))
+        return copy
+    cases = [("model.safetensors", lambda b: b[: len(b) // 2], r"model\.safetensors: cannot read.*truncated"),
+             ("model.safetensors", lambda b: b[:3], r"model\.safetensors: cannot read.*truncated"),
+             ("config.json", lambda b: b[:-5], r"config\.json: not valid JSON"),
+             ("config.json", lambda b: b"[1, 2]", r"config\.json: expected a JSON object"),
+             ("tokenizer.json", lambda b: b[: len(b) // 2], r"tokenizer\.json: cannot read the tokenizer.*truncated"),
+             ("tokenizer_config.json", lambda b: b"{", r"tokenizer_config\.json: not valid JSON"),
+             ("train_state.pt", lambda b: b[: len(b) // 2], r"train_state\.pt: cannot read.*truncated")]
+    for name, fn, match in cases:
+        with pytest.raises(ValueError, match=match):
+            ck.load(damaged(name, fn))
+        shutil.rmtree(tmp_path / f"damaged_{name}")
+
+
+def test_device_and_dtype_arguments(tmp_path):
+    model = Transformer(tiny_moe())
+    ck.save(tmp_path / "ckpt", model)
+    for name, want in [("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16), ("fp16", torch.float16),
+                       ("fp32", torch.float32), ("float32", torch.float32), (torch.bfloat16, torch.bfloat16)]:
+        loaded, _, _ = ck.load(tmp_path / "ckpt", dtype=name)
+        assert loaded.embed.weight.dtype == want, name
+    for bad in ["bf15", torch.int8, 16]:
+        with pytest.raises(ValueError, match="not a floating dtype"):
+            ck.load(tmp_path / "ckpt", dtype=bad)
+    with pytest.raises(ValueError, match="not a device"):
+        ck.load(tmp_path / "ckpt", device="gpu0")
+    if not torch.cuda.is_available():  # used to say "pin_memory=True requires a CUDA..."
+        with pytest.raises(RuntimeError, match=r"cannot load .*ckpt onto 'cuda': CUDA is not available"):
+            ck.load(tmp_path / "ckpt", device="cuda")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nanor1.tasks import (TASKS, ArithmeticTask, CountdownTask, JsonlFormatError, Problem, load_jsonl, make_task,
-                          solve)
+                          solve, validate_problems)
 
 DATA = Path(os.environ.get("NANOR1_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -280,7 +280,8 @@ def test_load_jsonl_fields(tmp_path):
     ])
     ps = load_jsonl(path, kind="math")
     assert [(p.id, p.answer) for p in ps] == [("a", "2"), ("b", "4"), ("bench-5", "0.5"), ("bench-6", "1234567")]
-    assert ps[0].data == {"level": 1} and ps[0].question == "1+1?"
+    assert ps[0].data == {"level": 1, "where": f"{path}:1"} and ps[0].question == "1+1?"
+    assert [p.data["where"] for p in ps[1:]] == [f"{path}:{n}" for n in (3, 5, 6)]
     with pytest.raises(ValueError, match="kind"):
         load_jsonl(path, kind="poetry")
 
@@ -301,3 +302,55 @@ def test_load_jsonl_errors_name_file_and_line(tmp_path, bad, why):
     with pytest.raises(JsonlFormatError, match=rf"bench\.jsonl:3: .*{why}") as info:
         load_jsonl(path)
     assert isinstance(info.value, ValueError)
+
+
+def test_load_jsonl_bad_bytes_and_empty_files(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps({"problem": "ok", "answer": "1"}).encode() + b"\n" +
+                     '{"problem": "caf\xe9", "answer": "2"}\n'.encode("latin-1"))
+    with pytest.raises(JsonlFormatError, match=r"latin1\.jsonl:2: not UTF-8 \(byte 0xe9"):
+        load_jsonl(path)
+    for text in ("", "\n  \n"):
+        (tmp_path / "empty.jsonl").write_text(text)
+        with pytest.raises(JsonlFormatError, match=r"empty\.jsonl: no problems"):
+            load_jsonl(tmp_path / "empty.jsonl")
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"problem": "x", "answer": 3}).encode())
+    assert load_jsonl(tmp_path / "bom.jsonl")[0].answer == "3"
+
+
+def test_validate_problems_names_each_bad_problem(tmp_path):
+    """Each bad problem used to crash the run at the step that first sampled it, and every --resume again."""
+    path = write(tmp_path, [
+        json.dumps({"problem": "1+1?", "answer": "2"}),
+        json.dumps({"problem": "long " * 50, "answer": "3"}),          # too long for the context
+        json.dumps({"problem": "frac?", "answer": "\\frac{1}{"}),     # a gold the grader cannot parse
+        json.dumps({"problem": "ok", "answer": "\\frac{1}{2}"}),
+    ])
+    problems = load_jsonl(path)
+    words = lambda p: len(p.question.split())  # noqa: E731
+    errors = validate_problems(problems, prompt_tokens=words, max_prompt_tokens=20)
+    assert len(errors) == 2
+    assert re.match(rf"{re.escape(str(path))}:2 \(id bench-2\): prompt is 50 tokens, more than the 20", errors[0])
+    assert re.match(rf"{re.escape(str(path))}:3 \(id bench-3\): the grader cannot use its gold", errors[1])
+    assert validate_problems(problems, prompt_tokens=words, max_prompt_tokens=50) == errors[1:]
+
+    generated = [Problem("cd-1", "Use 3, 5", "8", "countdown", {"numbers": [3, 5], "target": 8}),
+                 Problem("cd-2", "Use 3", "8", "countdown", {"numbers": [3, "5"], "target": 8}),
+                 Problem("cd-3", "Use 3", "8", "countdown", {"numbers": [3, 5]}),
+                 Problem("code-1", "echo", "", "code", {"tests": [{"input": "1", "output": "1"}]}),
+                 Problem("code-2", "echo", "", "code", {"tests": []}),
+                 Problem("code-3", "echo", "", "code", {"tests": [{"input": 1, "output": "1"}]}),
+                 Problem("poem-1", "?", "", "poetry", {})]
+    errors = validate_problems(generated, prompt_tokens=words, max_prompt_tokens=20)
+    assert [e.split(":")[0] for e in errors] == ["problem cd-2", "problem cd-3", "problem code-2", "problem code-3",
+                                                 "problem poem-1"]
+    assert "numbers" in errors[0] and "target" in errors[1] and "tests" in errors[2] and "test 0" in errors[3]
+    task = ArithmeticTask()
+    assert validate_problems(task.sample("train", 50, 0) + CountdownTask().sample("train", 50, 0),
+                             prompt_tokens=words, max_prompt_tokens=20) == []
+
+
+@pytest.mark.parametrize("name", ["gsm8k_test.jsonl", "math500.jsonl", "aime2024.jsonl"])
+def test_real_benchmarks_validate(name):
+    problems = load_jsonl(real_file(name))
+    assert validate_problems(problems, prompt_tokens=lambda p: len(p.question), max_prompt_tokens=10**6) == []

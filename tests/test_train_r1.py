@@ -189,6 +189,8 @@ def test_all_four_stages_run_and_resume(inputs, zero_data):
     assert any("rm_harmlessness/heldout_accuracy" in r for r in rows)
     final = [r for r in rows if "eval/general/rm_helpfulness" in r][-1]
     assert {"eval/general/rule_quality", "eval/general/rule_leak", "eval/general/rm_harmlessness"} <= set(final)
+    again = train_r1.main(common)                              # a re-run skips the finished stages
+    assert {k: again[k] for k in ("stage1", "stage4")} == {k: summary[k] for k in ("stage1", "stage4")}
     # resume: stage 2 to one more step continues from its checkpoint (step 2), not from stage 1
     train_r1.main(common + ["--stage", "2", "--rl-steps", "3"])
     steps = [json.loads(line)["step"] for line in (out / "stage2" / "metrics.jsonl").read_text().splitlines()
