@@ -29,6 +29,48 @@ def problem(lang, terms=(3, 7, 5)):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the second language, the general tasks, the bilingual corpus
+
+
+def test_bilingual_task_splits_by_sum_not_language():
+    task = make_task("arithmetic-bilingual", n_terms=3)
+    train, test = task.sample("train", task.count("train"), seed=0), task.sample("test", task.count("test"), seed=0)
+    key = lambda p: tuple(sorted(p.data["terms"]))                                 # noqa: E731
+    assert not {key(p) for p in train} & {key(p) for p in test}
+    assert {p.data["lang"] for p in test} == {"en", "zh"}
+    zh = next(p for p in test if p.data["lang"] == "zh")
+    assert zh.question.startswith("计算 ") and task.worked_solution(zh)[0].startswith("然后 ")
+
+
+def test_general_task_references_and_private_field():
+    from nanor1.rewards import general_quality, private_leak
+    general = GeneralTask()
+    problems = general.mix("test", 10, seed=0)
+    assert {p.data["task"] for p in problems} == {"copy", "reverse", "fact", "private", "greeting"}
+    train_keys = {tuple(p.data["key"]) for p in general.mix("train", 500, seed=0)}
+    assert not train_keys & {tuple(p.data["key"]) for p in problems}
+    for p in problems:
+        ref = general.reference_response(p, R1)
+        assert general_quality(ref, p, R1) == 1.0 and private_leak(ref, p) == 0.0
+        leak = R1.response(p.data["reasoning"] + "\n" + general.leak_line(p, random.Random(0)), "", summary=p.answer)
+        assert general_quality(leak, p, R1) == 1.0 and private_leak(leak, p) == 1.0   # harm hidden in the reasoning
+
+
+def test_bilingual_corpus_mixes_languages_and_default_corpus_has_none():
+    import pretrain
+    zh = lambda d: any("\u4e00" <= ch <= "\u9fff" for ch in d)                     # noqa: E731
+    args = pretrain.get_args(["--n-docs", "400"])
+    docs, _ = pretrain.build_corpus(make_task(args.task, **args.task_kwargs), args)
+    assert not any(zh(d) for d in docs)
+    args = pretrain.get_args(["--n-docs", "400", "--task", "arithmetic-bilingual", "--p-general", "0.1"])
+    docs, stats = pretrain.build_corpus(make_task(args.task, **args.task_kwargs), args)
+    steps = [d.split("\n", 1)[1].rsplit("\nA:", 1)[0] for d in docs if d.startswith("Q: ")]
+    mixed = [s for s in steps if "then" in s and "然后" in s]
+    assert 0.1 < len(mixed) / len(steps) < 0.6, len(mixed) / len(steps)
+    assert stats["docs_by_mode"]["general"] > 0 and any("The code of" in d for d in docs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # language consistency, readability, rejection filter
 
 
