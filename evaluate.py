@@ -36,10 +36,16 @@ Data parallel (not wired yet): shards are independent and each problem's samplin
 from its position, so ranks can split the shard list (`my_shards`, below: shard j goes to rank j % world) and
 rank 0 can score once every shard file exists; the result does not depend on the number of ranks.
 """
+import os
+
+# OpenMP threads wait passively: with spinning (active) waits, any other job on a small machine cuts these runs'
+# speed 3-5x (bench/speed.py --omp); passive costs a little when the machine is quiet. Set before torch is imported;
+# OMP_WAIT_POLICY=ACTIVE in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path

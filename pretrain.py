@@ -25,6 +25,13 @@ Commands:
   python pretrain.py --device cuda --steps 3000 --batch-size 128 --out runs/base-gpu
 Single process only for now (data-parallel pretraining arrives with the FSDP issue).
 """
+import os
+
+# OpenMP threads wait passively: with spinning (active) waits, any other job on a small machine cuts these runs'
+# speed 3-5x (bench/speed.py --omp); passive costs a little when the machine is quiet. Set before torch is imported;
+# OMP_WAIT_POLICY=ACTIVE in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import dataclasses
 import json

@@ -26,11 +26,17 @@ Commands:
   python train_zero.py --resume                          # continue runs/zero from its last checkpoint
 Single process for now; the step is data-parallel-ready (global loss normalisation, each group whole on one rank).
 """
+import os
+
+# OpenMP threads wait passively: with spinning (active) waits, any other job on a small machine cuts these runs'
+# speed 3-5x (bench/speed.py --omp); passive costs a little when the machine is quiet. Set before torch is imported;
+# OMP_WAIT_POLICY=ACTIVE in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import copy
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -40,10 +46,11 @@ import torch
 from tqdm import tqdm
 
 from nanor1 import checkpoint
+from nanor1.fsdp import world_size
 from nanor1.grpo import (ADV_SCALES, LOSS_AGGS, OVERLONG, GRPOConfig, StepStats, filter_groups, global_counts,
                          group_advantages, grpo_loss, mask_truncated, minibatches, overlong_penalty)
 from nanor1.rollout import behaviour_stats, evaluate, fill_groups, prompt_ids, rollout, rule_rewards
-from nanor1.sampler import DECODE_MODES, SamplingParams, pack, token_logprobs
+from nanor1.sampler import DECODE_MODES, SamplingParams, group_token_logprobs, pack
 from nanor1.tasks import TASKS, JsonlFormatError, load_jsonl, make_task, problem_where, validate_problems
 from nanor1.templates import TEMPLATES, get_template
 from nanor1.training import (DivergenceGuard, JsonlLogger, RunFolderError, autocast, clip_grad, interrupt_handler,
@@ -169,7 +176,7 @@ def rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg: GR
         if ref is None:
             raise ValueError(f"beta={cfg.beta} needs a reference model (ref=...)")
         with torch.no_grad(), autocast(device):
-            ref_logp = token_logprobs(ref, batch, ro.gen.temperature)                   # [B, T]
+            ref_logp = group_token_logprobs(ref, batch, ro.gen.temperature)             # [B, T]
     t_ref = time.perf_counter() - t1
 
     # 4. mu passes over the batch, each cut into minibatches (one optimizer step each), each accumulated over
@@ -177,7 +184,7 @@ def rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg: GR
     #    minibatch loss and data-parallel ranks (which average gradients) get the full-batch gradient.
     t2 = time.perf_counter()
     policy.train()
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    world = world_size()
     stats, losses, logs = StepStats(), [], {"logp_diff": 0.0, "skipped_steps": 0}
     for it in range(cfg.mu):
         for mb in minibatches(batch.tokens.size(0), cfg.minibatches, shuffle=cfg.mu > 1, seed=seed + it):
@@ -187,7 +194,8 @@ def rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg: GR
             for micro in mb.split(cfg.micro_batch):
                 sub = batch.rows(micro)
                 with autocast(device):
-                    logp, entropy = token_logprobs(policy, sub, ro.gen.temperature, with_entropy=True)  # [b, T]
+                    # each group's prompt runs once, its G completions over the prompt's KV cache
+                    logp, entropy = group_token_logprobs(policy, sub, ro.gen.temperature, with_entropy=True)
                 loss, s = grpo_loss(logp, old_logp[micro], None if ref_logp is None else ref_logp[micro],
                                     advantages[micro], sub.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                                     beta=cfg.beta, loss_agg=cfg.loss_agg, max_len=cfg.max_new_tokens,

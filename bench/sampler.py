@@ -5,7 +5,8 @@ equal multi-head cache), and the fraction of the memory-bandwidth bound that dec
     python bench/sampler.py --quick                                  # CPU, tiny models, under a minute
     python bench/sampler.py                                          # CPU, tiny models, full sizes
     python bench/sampler.py --device cuda --out sampler_cuda.json    # GPU, bf16: tiny MLA-MoE + qwen2.5-0.5b, 1k ctx
-    python bench/sampler.py --models small --batches 1,8 --recompute-batches 8   # CPU, a 20M-class model
+    python bench/sampler.py --models mini --batches 1,8 --recompute-batches 8    # CPU, a ~30M-parameter MoE
+    python bench/sampler.py --models small --batches 1,8 --recompute-batches ''  # the 1.2B-parameter (0.22B active) preset
 
 Weights are random (speed does not depend on them) and no row stops early (eos_id=None), so every row generates
 --new-tokens tokens. Rows: one prompt per row (group_size=1), sampled at temperature 1 (the RL setting).
@@ -72,7 +73,7 @@ def generate_recompute(model, prompts, n: int, seed: int = 0):
     u = torch.rand(n, len(prompts), generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
     for t in range(n):
         with attention_kernels():  # the same kernels as generate()
-            logits = model(tokens, pos=pos, key_mask=real)[:, -1].float()
+            logits = model(tokens, pos=pos, key_mask=real).logits[:, -1].float()
         tok, _ = sample(logits, u[t])
         tokens = torch.cat([tokens, tok[:, None]], 1)
         pos = torch.cat([pos, pos[:, -1:] + 1], 1)

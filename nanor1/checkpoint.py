@@ -63,7 +63,8 @@ import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from nanor1.model import Gate, ModelConfig, Transformer, rope_tables
+from nanor1.fsdp import rank as _rank
+from nanor1.model import ModelConfig, Transformer
 
 FORMAT = "nanor1"
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
@@ -82,10 +83,6 @@ def _unwrap(model):
         while isinstance(getattr(model, attr, None), torch.nn.Module):
             model = getattr(model, attr)
     return model
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _fsync(path: Path):
@@ -582,17 +579,11 @@ def _check_nanor1(tensors, files, expected: dict, dtype) -> dict:
 def _materialise(model: Transformer, state: dict, device) -> Transformer:
     """Move the checkpoint tensors into a meta-built model, re-tie the head, rebuild the non-persistent buffers."""
     model.load_state_dict(state, strict=False, assign=True)  # names were checked by the caller
-    cfg = model.cfg
-    if cfg.tie_embeddings:
+    if model.cfg.tie_embeddings:
         model.head.weight = model.embed.weight
-    rope_dim = cfg.qk_rope_head_dim if cfg.attn == "mla" else cfg.head_dim
-    model.cos, model.sin = (t.to(device) for t in rope_tables(rope_dim, cfg))
-    for gate in (m for m in model.modules() if isinstance(m, Gate)):  # the MTP block's router too
-        gate.load = torch.zeros(cfg.n_routed_experts, device=device)
-        if not cfg.routing_bias:
-            gate.bias = torch.zeros(cfg.n_routed_experts, device=device)
+    model.init_buffers(device)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:  # a new buffer in model.py that this loader does not know how to build
+    if left:  # a new non-persistent buffer in model.py that Transformer.init_buffers does not build
         raise RuntimeError(f"checkpoint.load left tensors unset: {left}")
     return model
 

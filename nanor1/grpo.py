@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanor1.fsdp import all_reduce_sum
 from nanor1.sampler import DECODE_MODES
 
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
@@ -268,9 +269,7 @@ def global_counts(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sequences, tokens) of a loss mask [B, T], summed over data-parallel ranks, so every rank normalises its loss
     by the global batch (the bug verl#5625 fixed late: per-rank normalisers bias the gradient)."""
     seqs, toks = loss_counts(mask)
-    counts = torch.tensor([seqs, toks], dtype=torch.float64, device=mask.device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(counts)
+    counts = all_reduce_sum(torch.tensor([seqs, toks], dtype=torch.float64, device=mask.device))
     return counts[0], counts[1]
 
 

@@ -27,11 +27,19 @@ C kv latent (kv_lora_rank), R rope dim, E routed experts, K experts per token, N
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from nanor1.fsdp import all_reduce_sum
+
+# The CPU fast paths (experts by contiguous row blocks or all at once for a few tokens, SDPA's fused kernel for MLA,
+# is_causal instead of a causal mask). False runs the plain paths they are tested against; bench/speed.py flips it to
+# time both in one process. CUDA paths do not depend on it.
+FAST_PATHS = True
+DENSE_EXPERTS_MAX_TOKENS = 32   # CPU, no autograd: up to this many tokens, run every expert (see MoE.experts_dense)
 
 
 @dataclass
@@ -100,13 +108,17 @@ class ModelConfig:
             per_group = self.n_routed_experts // self.n_expert_groups
             if self.n_activated_experts > self.n_limited_groups * per_group:
                 raise ValueError("n_activated_experts exceeds the experts in the kept groups")
-        rope_dim = self.qk_rope_head_dim if self.attn == "mla" else self.head_dim
-        if rope_dim % 2:
-            raise ValueError(f"the RoPE dimension must be even, got {rope_dim}")
+        if self.rope_dim % 2:
+            raise ValueError(f"the RoPE dimension must be even, got {self.rope_dim}")
         if self.rope_type not in ("yarn", "llama3") or (self.rope_type == "llama3" and self.attn != "gqa"):
             raise ValueError(f"rope_type must be 'yarn', or 'llama3' on a gqa model, got {self.rope_type!r}")
         if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
             raise ValueError("llama3 RoPE needs high_freq_factor > low_freq_factor")
+
+    @property
+    def rope_dim(self) -> int:
+        """R: the dimension RoPE rotates (MLA: the decoupled rope key; GQA: the whole head)."""
+        return self.qk_rope_head_dim if self.attn == "mla" else self.head_dim
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -223,6 +235,11 @@ def attention_mask(key_mask, start, T: int):
     return mask.unsqueeze(1)                                             # [B, 1, T, S]
 
 
+def causal_mask(T: int, device) -> torch.Tensor:
+    """[1, 1, T, T] bool, True on and below the diagonal: what mask=None means (plain causal, no padding)."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]
+
+
 def write_cache(cache: dict, new: dict, start) -> dict:
     """Write each new[name] [B, T, ...] into cache[name] at slots start..start+T-1 and return what attention reads:
     slots [0, start+T) for an int start; all S slots for a tensor start (the slot is data, not shape, so one
@@ -288,15 +305,20 @@ class MLA(nn.Module):
             kv_full = self.wkv_b(kv).view(B, S, self.n_heads, self.nope + self.dv)
             k_nope, v = kv_full.split([self.nope, self.dv], dim=-1)            # [B, S, H, nope], [B, S, H, dv]
             k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(-1, -1, self.n_heads, -1)], dim=-1)
-            q = torch.cat([q_nope, q_pe], dim=-1)
+            q = torch.cat([q_nope, q_pe], dim=-1)                              # [B, T, H, nope+R]
+            if FAST_PATHS and not x.is_cuda and self.dv != q.size(-1):
+                # SDPA's fused CPU kernel needs v's head dim to equal q's, else it takes the slow math path: pad v
+                # with zeros and drop those output columns (same attention, ~3x faster on the tiny model)
+                v = F.pad(v, (0, q.size(-1) - self.dv))                        # [B, S, H, nope+R]
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 attn_mask=mask, scale=self.scale)  # [B, H, T, dv]
-            out = out.transpose(1, 2)                                          # [B, T, H, dv]
+                                                 attn_mask=mask, is_causal=mask is None, scale=self.scale)
+            out = out.transpose(1, 2)[..., :self.dv]                           # [B, T, H, dv]
         else:
             # absorb wkv_b's key half into the query: q_nope . (W_k c) = (W_k^T q_nope) . c
             q_lat = torch.einsum("bthd,hdc->bthc", q_nope, wkv_b[:, :self.nope])  # [B, T, H, C]
             scores = (torch.einsum("bthc,bsc->bhts", q_lat, kv) +
                       torch.einsum("bthr,bsr->bhts", q_pe, k_pe)) * self.scale    # [B, H, T, S]
+            mask = causal_mask(T, x.device) if mask is None else mask
             scores = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1).type_as(x)
             out = torch.einsum("bhts,bsc->bthc", scores, kv)                       # [B, T, H, C]
             out = torch.einsum("bthc,hdc->bthd", out, wkv_b[:, self.nope:])        # [B, T, H, dv]
@@ -330,6 +352,7 @@ class GQA(nn.Module):
         # query head h = kv * rep + r attends with KV head kv. Decode then reads the cache once, not rep times.
         rep = self.n_heads // self.n_kv
         q = q.view(B, T, self.n_kv, rep, self.hd).permute(0, 2, 3, 1, 4).reshape(B, self.n_kv, rep * T, self.hd)
+        mask = causal_mask(T, x.device) if mask is None else mask  # folded queries cannot use is_causal
         mask = mask if T == 1 else mask.repeat(1, 1, rep, 1)  # [B, 1, rep*T, S]; one query row broadcasts as it is
         out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)  # [B,Hk,rep*T,Dh]
         out = out.view(B, self.n_kv, rep, T, self.hd).permute(0, 3, 1, 2, 4)        # [B, T, Hk, rep, Dh]
@@ -440,25 +463,50 @@ class MoE(nn.Module):
         return y
 
     def experts_batched(self, x, weights, idx):
-        """Same result: sort the N*K (token, expert) pairs by expert, run one grouped matmul per weight."""
+        """Same result: sort the N*K (token, expert) pairs by expert, so each expert's rows are one contiguous block.
+        On CUDA one grouped matmul per weight (the counts stay on the device); on a CPU, where reading the counts on
+        the host costs nothing, one plain matmul per expert over its block (no padding to the busiest expert)."""
         N, K = idx.shape
         flat = idx.flatten()                                                    # [N*K]
         order = flat.argsort(stable=True)
         tok = order // K                                                        # token of each sorted pair
-        counts = torch.zeros(self.w1.size(0), dtype=torch.long, device=x.device)
-        counts.scatter_add_(0, flat, torch.ones_like(flat))                     # [E] (bincount syncs on CUDA)
         xs = x[tok]                                                             # [N*K, D], grouped by expert
-        h = F.silu(grouped_mm(xs, self.w1.transpose(1, 2), counts)) * grouped_mm(xs, self.w3.transpose(1, 2), counts)
-        out = grouped_mm(h, self.w2.transpose(1, 2), counts)                    # [N*K, D]
+        if FAST_PATHS and not x.is_cuda:
+            blocks = xs.split(torch.bincount(flat, minlength=self.w1.size(0)).tolist())  # E blocks [n_e, D]
+            out = torch.cat([F.linear(F.silu(F.linear(xe, self.w1[e])) * F.linear(xe, self.w3[e]), self.w2[e])
+                             for e, xe in enumerate(blocks) if xe.size(0)])    # [N*K, D]
+        else:
+            counts = torch.zeros(self.w1.size(0), dtype=torch.long, device=x.device)
+            counts.scatter_add_(0, flat, torch.ones_like(flat))                 # [E] (bincount syncs on CUDA)
+            h = F.silu(grouped_mm(xs, self.w1.transpose(1, 2), counts)) * grouped_mm(xs, self.w3.transpose(1, 2),
+                                                                                      counts)
+            out = grouped_mm(h, self.w2.transpose(1, 2), counts)                # [N*K, D]
         out = out * weights.flatten()[order, None]
         return torch.zeros_like(x).index_add_(0, tok, out)
+
+    def experts_dense(self, x, weights, idx):
+        """Same result for a few tokens: every expert on every token, each output weighted by the router (0 for the
+        experts a token did not choose). E/K times the arithmetic in a handful of large ops: on a CPU that is faster
+        for decode's few tokens per step, where the sparse paths are all per-op overhead."""
+        gate = torch.zeros(x.size(0), self.w1.size(0), dtype=x.dtype, device=x.device)
+        gate.scatter_(1, idx, weights)                                          # [N, E]
+        h = F.silu(torch.matmul(x, self.w1.transpose(1, 2))) * torch.matmul(x, self.w3.transpose(1, 2))  # [E, N, I]
+        y = torch.matmul(h * gate.T[:, :, None], self.w2.transpose(1, 2))       # [E, N, D]
+        return y.sum(0)                                                         # [N, D]
 
     def forward(self, x, replay_idx=None):
         B, T, D = x.shape
         flat = x.reshape(-1, D)                                                 # [N, D]
         replay = None if replay_idx is None else replay_idx.reshape(-1, self.cfg.n_activated_experts)
         weights, idx, scores = self.gate(flat, replay)
-        y = (self.experts_batched if self.batched else self.experts_loop)(flat, weights, idx)
+        if not self.batched:
+            experts = self.experts_loop
+        elif (FAST_PATHS and not x.is_cuda and flat.size(0) <= DENSE_EXPERTS_MAX_TOKENS
+              and not (torch.is_grad_enabled() and self.w1.requires_grad)):
+            experts = self.experts_dense
+        else:
+            experts = self.experts_batched
+        y = experts(flat, weights, idx)
         if self.shared is not None:
             y = y + self.shared(flat)
         self.aux_loss = self.balance_loss(scores, idx, B, T) if self.training and self.cfg.balance_loss_alpha else None
@@ -509,6 +557,14 @@ class MTP(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
 
+@dataclass
+class ModelOutput:
+    """What Transformer.forward returns, whatever it is asked: the logits, and what some callers also need."""
+    logits: torch.Tensor                                  # [B, T, V] ([B, 1, V] with last_only)
+    routing: list[torch.Tensor] = field(default_factory=list)  # per MoE layer [B, T, K]: the experts chosen
+    hidden: torch.Tensor | None = None                    # [B, T, D]: the last block's output (MTP reads it)
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -520,11 +576,32 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
         self.mtp = nn.ModuleList(MTP(cfg) for _ in range(cfg.n_mtp))
-        rope_dim = cfg.qk_rope_head_dim if cfg.attn == "mla" else cfg.head_dim
-        cos, sin = rope_tables(rope_dim, cfg)
-        self.register_buffer("cos", cos, persistent=False)                     # [max_seq_len, R/2]
-        self.register_buffer("sin", sin, persistent=False)
+        self.init_buffers()
         self.reset_parameters()
+
+    @torch.no_grad()
+    def init_buffers(self, device=None):
+        """(Re)build the buffers no checkpoint stores: the RoPE tables, every router's load counts, and the routing
+        bias when it is not persistent (routing_bias=False). checkpoint.load calls this after filling a meta-built
+        model, so a new non-persistent buffer is built here and nowhere else."""
+        cfg = self.cfg
+        device = device or self.embed.weight.device
+        cos, sin = rope_tables(cfg.rope_dim, cfg)
+        self.register_buffer("cos", cos.to(device), persistent=False)          # [max_seq_len, R/2]
+        self.register_buffer("sin", sin.to(device), persistent=False)
+        for gate in (m for m in self.modules() if isinstance(m, Gate)):          # the MTP block's router too
+            gate.load = torch.zeros(cfg.n_routed_experts, device=device)
+            if not cfg.routing_bias:
+                gate.bias = torch.zeros(cfg.n_routed_experts, device=device)
+
+    def _apply(self, fn, recurse=True):
+        # model.to(bfloat16) would round the RoPE tables (apply_rope works in float32), and a checkpoint loaded in
+        # bf16 rebuilds them in float32 (init_buffers): keep them float32 always; only their device follows the model
+        cos, sin = self.cos, self.sin
+        super()._apply(fn, recurse)
+        if self.cos.dtype != cos.dtype:
+            self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
+        return self
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -550,9 +627,9 @@ class Transformer(nn.Module):
         device = device or self.embed.weight.device
         return [b.attn.new_cache(batch, max_len, dtype, device) for b in self.layers]
 
-    def forward(self, tokens, *, pos=None, key_mask=None, cache=None, start=0, absorb=None,
-                routing=None, return_routing=False, return_hidden=False, last_only=False):
-        """tokens [B, T] -> logits [B, T, V].
+    def forward(self, tokens, *, pos=None, key_mask=None, cache=None, start=0, absorb=None, routing=None,
+                last_only=False) -> "ModelOutput":
+        """tokens [B, T] -> ModelOutput: logits [B, T, V], the experts each MoE layer chose, the last hidden state.
 
         pos [B, T]: RoPE positions (default start..start+T-1; left-padded rows pass their own).
         key_mask [B, start+T] bool: which key slots hold real tokens (default: all).
@@ -561,7 +638,7 @@ class Transformer(nn.Module):
             over all S cache slots; attends over every slot, the unwritten ones masked): no shape depends on the step
             and nothing syncs with the host, so the sampler can capture one decode step as a CUDA graph.
         absorb: MLA path; default absorbed when decoding with a cache (T == 1), naive otherwise.
-        routing: list of [B, T, K] expert indices per MoE layer to replay; return_routing returns the chosen ones.
+        routing: list of [B, T, K] expert indices per MoE layer to replay (e.g. a previous output's .routing).
         last_only: logits for the last column only, [B, 1, V] (prefill needs no more).
         """
         B, T = tokens.shape
@@ -573,13 +650,7 @@ class Transformer(nn.Module):
             pos = torch.arange(start, start + T, device=tokens.device).expand(B, T)
         if absorb is None:
             absorb = cache is not None and T == 1
-        if key_mask is None and cache is None and start == 0:
-            mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()[None, None]  # [1, 1, T, T]
-        else:
-            if key_mask is None:
-                key_mask = torch.ones(B, start + T, dtype=torch.bool, device=tokens.device)
-            mask = attention_mask(key_mask, start, T)                            # [B, 1, T, S]
-        cos, sin = self.cos[pos], self.sin[pos]                                  # [B, T, R/2]
+        cos, sin, mask = self.attention_inputs(pos, key_mask, cache, start)
         x = self.embed(tokens)                                                   # [B, T, D]
         chosen, m = [], 0
         for i, layer in enumerate(self.layers):
@@ -589,21 +660,31 @@ class Transformer(nn.Module):
             x, idx = layer(x, cos, sin, mask, None if cache is None else cache[i], start, absorb, replay)
             if idx is not None:
                 chosen.append(idx)
-        h = x
-        logits = self.head(self.norm(h[:, -1:] if last_only else h))             # [B, T, V] ([B, 1, V])
-        out = (logits,)
-        if return_routing:
-            out += (chosen,)
-        if return_hidden:
-            out += ((h, cos, sin, mask),)
-        return out[0] if len(out) == 1 else out
+        logits = self.head(self.norm(x[:, -1:] if last_only else x))             # [B, T, V] ([B, 1, V])
+        return ModelOutput(logits=logits, routing=chosen, hidden=x)
 
-    def mtp_logits(self, hidden, tokens):
-        """Depth-1 MTP: logits [B, T-1, V] for token i+2 from hidden state i and token i+1."""
-        h, cos, sin, mask = hidden
+    def attention_inputs(self, pos, key_mask=None, cache=None, start=0):
+        """cos, sin [B, T, R/2] at positions pos [B, T], and the attention mask [B, 1, T, S] (True = attend) for
+        queries in slots start..start+T-1 (see attention_mask); None for plain causal attention (no cache, no
+        padding), which SDPA then runs with is_causal=True, without building or reading a mask."""
+        B, T = pos.shape
+        if key_mask is None and cache is None and start == 0:
+            mask = None if FAST_PATHS else causal_mask(T, pos.device)
+        else:
+            if key_mask is None:
+                key_mask = torch.ones(B, start + T, dtype=torch.bool, device=pos.device)
+            mask = attention_mask(key_mask, start, T)                            # [B, 1, T, S]
+        return self.cos[pos], self.sin[pos], mask
+
+    def mtp_logits(self, hidden, tokens, *, pos=None, key_mask=None):
+        """Depth-1 MTP: logits [B, T-1, V] for token i+2 from the last hidden state i (a forward's .hidden [B, T, D])
+        and token i+1. pos and key_mask as given to that forward."""
+        B, T = tokens.shape
+        pos = torch.arange(T, device=tokens.device).expand(B, T) if pos is None else pos
+        cos, sin, mask = self.attention_inputs(pos[:, :-1], None if key_mask is None else key_mask[:, :-1])
         mtp = self.mtp[0]
-        x = mtp.eh_proj(torch.cat([mtp.hnorm(h[:, :-1]), mtp.enorm(self.embed(tokens[:, 1:]))], dim=-1))
-        x, _ = mtp.block(x, cos[:, :-1], sin[:, :-1], mask[..., :-1, :-1])
+        x = mtp.eh_proj(torch.cat([mtp.hnorm(hidden[:, :-1]), mtp.enorm(self.embed(tokens[:, 1:]))], dim=-1))
+        x, _ = mtp.block(x, cos, sin, mask)
         return self.head(mtp.norm(x))
 
     @torch.no_grad()
@@ -612,9 +693,7 @@ class Transformer(nn.Module):
         fewer tokens than average by gamma and lower the overloaded ones. Counts are summed over data-parallel ranks."""
         mtp_moes = [m.block.ffn for m in self.mtp if isinstance(m.block.ffn, MoE)]
         for moe in self.moe_layers() + mtp_moes:
-            load = moe.gate.load
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(load)
+            load = all_reduce_sum(moe.gate.load)
             moe.gate.bias += gamma * torch.sign(load.mean() - load)
             load.zero_()
 
@@ -631,17 +710,17 @@ class Transformer(nn.Module):
 def lm_loss(model: Transformer, tokens, loss_mask, *, pos=None, key_mask=None):
     """Next-token cross-entropy over positions where loss_mask [B, T] is set (mask of the *target* token), plus the
     MTP loss (weighted by mtp_loss_weight) and MoE balance losses when enabled. Returns (loss, stats)."""
-    want_hidden = model.cfg.n_mtp > 0 and model.training
-    out = model(tokens, pos=pos, key_mask=key_mask, return_hidden=want_hidden)
-    logits, hidden = (out if want_hidden else (out, None))
+    out = model(tokens, pos=pos, key_mask=key_mask)
+    logits = out.logits
     target_mask = loss_mask[:, 1:].float()                                       # [B, T-1]
     n = target_mask.sum().clamp(min=1)
     ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
     lm = (ce.view_as(target_mask) * target_mask).sum() / n
     loss, stats = lm, {"lm_loss": lm.item()}
-    if hidden is not None:
+    if model.cfg.n_mtp > 0 and model.training:
         mtp_mask = loss_mask[:, 2:].float()
-        mtp_ce = F.cross_entropy(model.mtp_logits(hidden, tokens)[:, :-1].flatten(0, 1).float(),
+        mtp_logits = model.mtp_logits(out.hidden, tokens, pos=pos, key_mask=key_mask)      # [B, T-1, V]
+        mtp_ce = F.cross_entropy(mtp_logits[:, :-1].flatten(0, 1).float(),
                                  tokens[:, 2:].flatten(), reduction="none")
         mtp = (mtp_ce.view_as(mtp_mask) * mtp_mask).sum() / mtp_mask.sum().clamp(min=1)
         loss = loss + model.cfg.mtp_loss_weight * mtp

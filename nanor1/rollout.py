@@ -29,7 +29,7 @@ import torch
 from nanor1.grpo import filter_groups
 from nanor1.rewards import compute_rewards, grade_answer
 from nanor1.sampler import Generation, SamplingParams, generate
-from nanor1.scoring import majority_vote, mean_pass_at_1, pass_at_k
+from nanor1.scoring import cons_score, mean_pass_at_1, pass_at_k
 
 # phrases of re-examination ("wait, let me check", "let me verify"): the paper's "aha moment" signal
 REFLECTION = re.compile(r"\b(wait|let me check|let me verify|re-?check|double[- ]check|verify)\b", re.IGNORECASE)
@@ -164,15 +164,13 @@ def evaluate(model, tokenizer, problems, *, template, k: int = 8, temperature: f
                  params=SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p),
                  reward_fn=rule_rewards({"accuracy": 1.0, "format": 1.0}, template))
     correct = [[c > 0.5 for c in ro.components["accuracy"][i * k:(i + 1) * k]] for i in range(len(problems))]
-    cons = 0
+    cons = 0.0
     for i, problem in enumerate(problems):
         answers = [template.final_answer(t) for t in ro.texts[i * k:(i + 1) * k]]   # None: no answer, no vote
-        if problem.kind == "math":
-            voted = majority_vote(answers)              # equivalent answers (0.5, 1/2) vote together
-        else:                                           # equations: vote over exact strings
-            real = [a for a in answers if a is not None]
-            voted = max(real, key=real.count) if real else None
-        cons += voted is not None and grade_answer(voted, problem) > 0.5
+        # math: equivalent answers (0.5, 1/2) vote together; equations: exact strings. A tie scores the share of
+        # the tied answers that are right (scoring.cons_score, as evaluate.py counts it).
+        same = {} if problem.kind == "math" else {"same": lambda a, b: a.strip() == b.strip()}
+        cons += cons_score(answers, lambda a, p=problem: grade_answer(a, p) > 0.5, **same)
     return {
         "pass@1": mean_pass_at_1(correct),
         f"pass@{k}": sum(pass_at_k(k, sum(c), k) for c in correct) / len(correct),

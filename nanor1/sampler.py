@@ -261,9 +261,8 @@ def _check_prompts(prompts, vocab_size: int):
 
 def _forward_last(model, tokens, pos, key_mask, cache, start, record):
     """One cached forward; returns the last column's logits [B, V] float32 and the routing (or None)."""
-    out = model(tokens, pos=pos, key_mask=key_mask, cache=cache, start=start, return_routing=record, last_only=True)
-    logits, routing = out if record else (out, None)
-    return logits[:, -1].float(), routing
+    out = model(tokens, pos=pos, key_mask=key_mask, cache=cache, start=start, last_only=True)
+    return out.logits[:, -1].float(), (out.routing if record else None)
 
 
 def attention_kernels():
@@ -585,12 +584,18 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, with_entropy: 
     One forward of the model as the caller left it (train/eval mode, autograd on or off). The last column is not fed:
     its logits would score a token past the end. With batch.routing the MoE layers replay the sampler's experts.
     with_entropy also returns the entropy [N, T] of softmax(logits / temperature), detached (for logging).
+    group_token_logprobs computes the same faster when rows share prompts (GRPO groups).
     """
     P = batch.prompt_len
     logits = model(batch.tokens[:, :-1], pos=batch.pos[:, :-1], key_mask=batch.key_mask[:, :-1],
-                   routing=batch.routing)                                    # [N, P + T - 1, V]
-    logits = logits[:, P - 1:].float() / temperature                          # [N, T, V]: column t scores token t
-    target = batch.tokens[:, P:, None]                                        # [N, T, 1]
+                   routing=batch.routing).logits                             # [N, P + T - 1, V]
+    return _score(logits[:, P - 1:], batch, temperature, with_entropy)
+
+
+def _score(logits, batch: Batch, temperature: float, with_entropy: bool):
+    """token_logprobs' result from the logits [N, T, V] whose column t scores completion token t."""
+    logits = logits.float() / temperature                                     # [N, T, V]
+    target = batch.tokens[:, batch.prompt_len:, None]                         # [N, T, 1]
     lse = logits.logsumexp(-1)                                                # [N, T]
     logp = (logits.gather(-1, target).squeeze(-1) - lse).masked_fill(~batch.mask, 0.0)
     if not with_entropy:
@@ -599,6 +604,59 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, with_entropy: 
         probs = (logits - lse[..., None]).exp()                               # [N, T, V]
         entropy = lse - (probs * logits).sum(-1)                              # H = log Z - E_p[logit]
     return logp, entropy.masked_fill(~batch.mask, 0.0)
+
+
+def group_token_logprobs(model, batch: Batch, temperature: float = 1.0, with_entropy: bool = False):
+    """token_logprobs (same arguments, same result within float rounding, gradients included), with each distinct
+    prompt run once instead of once per row: in GRPO the G rows of a group share their prompt, and prompts are most
+    of an RL batch's columns. Rows may come in any order and any subset (distinct prompts are found by value).
+
+    How: the U distinct prompts go through the model once, writing a KV cache (with autograd: the cache entries are
+    part of the graph); each row then runs only its completion columns, attending to its prompt's cache entries
+    (copied to the row). Gradients reach the weights through both passes, so loss.backward() is unchanged.
+    What would differ from one full forward, and how it is kept the same:
+    - MoE load counts (Gate.load, which drive the routing-bias update) count a prompt token once per row, as the full
+      forward does: the prompt pass's counts are added again for each extra row that shares the prompt.
+    - Routing replay (batch.routing): the prompt pass replays the routing of each prompt's first row; if rows that
+      share a prompt disagree on its routing, this falls back to token_logprobs.
+    - MoE balance losses (aux_loss) are per forward: the completion pass overwrites the prompt pass's. They are not
+      used by the RL loss; with balance_loss_alpha > 0 in training mode this falls back to token_logprobs.
+    """
+    N, P = batch.tokens.size(0), batch.prompt_len
+    T = batch.mask.size(1)
+    moes = model.moe_layers()
+    if model.training and model.cfg.balance_loss_alpha and moes:
+        return token_logprobs(model, batch, temperature, with_entropy)
+    prompt = torch.cat([batch.tokens[:, :P], batch.pos[:, :P], batch.key_mask[:, :P].long()], 1)  # [N, 3P]
+    uniq, inverse = torch.unique(prompt, dim=0, return_inverse=True)          # [U, 3P], [N]: row -> its prompt
+    U = uniq.size(0)
+    first = torch.full((U,), N, dtype=torch.long, device=inverse.device).scatter_reduce_(
+        0, inverse, torch.arange(N, device=inverse.device), "amin")          # [U]: the first row of each prompt
+    prompt_routing = comp_routing = None
+    if batch.routing is not None:
+        prompt_routing = [r[first, :P] for r in batch.routing]                # [U, P, K] per MoE layer
+        if not all(torch.equal(pr[inverse], r[:, :P]) for pr, r in zip(prompt_routing, batch.routing)):
+            return token_logprobs(model, batch, temperature, with_entropy)
+        comp_routing = [r[:, P:] for r in batch.routing]                      # [N, T - 1, K]
+    if U == N:  # nothing shared: one forward is cheaper than two
+        return token_logprobs(model, batch, temperature, with_entropy)
+
+    # the prompt pass: U rows, P columns, into a fresh cache; only its last column's logits are needed
+    cache = model.new_cache(U, P + T - 1)
+    out = model(batch.tokens[first, :P], pos=batch.pos[first, :P], key_mask=batch.key_mask[first, :P], cache=cache,
+                routing=prompt_routing, last_only=True)
+    if model.training:  # count each prompt token once per row that shares it, as the full forward would
+        extra = torch.bincount(inverse, minlength=U) - 1                      # [U]: rows beyond the first
+        for moe, idx in zip(moes, out.routing):                              # idx [U, P, K]
+            moe.gate.load += torch.bincount(idx.flatten(), weights=extra.repeat_interleave(P * idx.size(-1)).float(),
+                                            minlength=moe.gate.load.numel()).to(moe.gate.load.dtype)
+    logits = out.logits[inverse]                                              # [N, 1, V]: scores completion token 0
+    if T > 1:  # the completion pass: N rows, columns P .. P+T-2, over their prompt's cache
+        cache = [{k: c[inverse] for k, c in layer.items()} for layer in cache]  # [N, P + T - 1, ...]
+        comp = model(batch.tokens[:, P:-1], pos=batch.pos[:, P:-1], key_mask=batch.key_mask[:, :-1], cache=cache,
+                     start=P, absorb=False, routing=comp_routing).logits       # [N, T - 1, V]
+        logits = torch.cat([logits, comp], 1)                                 # [N, T, V]
+    return _score(logits, batch, temperature, with_entropy)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from nanor1.fsdp import barrier, is_main  # noqa: F401  (rank, world size, is-main live there; is_main re-exported)
+
 
 # ---- device, seeds, precision ----
 
@@ -85,7 +87,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = bool(params) and all(p.is_cuda for p in params)          # one kernel for all params: faster on CUDA
+    # fused: one kernel for all params, on CUDA and (torch >= 2.4) on a CPU: 1.04-1.06x per tiny pretraining step there
+    fused = bool(params) and {p.device.type for p in params} in ({"cuda"}, {"cpu"})
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
@@ -152,13 +155,6 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---- logging, rank 0 only ----
-
-def is_main() -> bool:
-    """True on rank 0, and in any single-process run (torch.distributed not initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", 0)) == 0        # torchrun sets RANK before init_process_group
-
 
 def print0(*args, **kwargs) -> None:
     """print() on rank 0 only, flushed (logs of long runs are read while they run)."""
@@ -240,11 +236,6 @@ class RunFolderError(RuntimeError):
     """A run folder that cannot be started or resumed as asked; the message says what to do instead."""
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def prepare_run(out, *, resume: bool, args: dict, checkpoint=None, fresh_ok: tuple[str, ...] = ()) -> bool:
     """Start the run in `out` or continue the one there; returns True when resuming.
 
@@ -265,7 +256,7 @@ def prepare_run(out, *, resume: bool, args: dict, checkpoint=None, fresh_ok: tup
     ckpt = Path(checkpoint) if checkpoint is not None else out / "checkpoint"
     if is_main() and resume:
         find(ckpt)                                     # repair first, so that every rank sees the same folder
-    _barrier()
+    barrier()
     found = find(ckpt) if resume else None             # no repair left to do: read-only on every rank
     used = sorted(f.name for f in out.iterdir()
                   if not any(fnmatch.fnmatch(f.name, g) for g in fresh_ok)) if out.is_dir() else []
@@ -276,7 +267,7 @@ def prepare_run(out, *, resume: bool, args: dict, checkpoint=None, fresh_ok: tup
                                  "before its first save?); delete it or choose another --out")
         hint = "pass --resume to continue it, or" if find(ckpt) is not None else "it has no checkpoint to resume;"
         raise RunFolderError(f"{out} already holds a run ({shown}); {hint} choose another --out (or delete it)")
-    _barrier()                                         # everyone has looked before rank 0 writes
+    barrier()                                         # everyone has looked before rank 0 writes
     record = json.loads(json.dumps(args, default=str))  # as args.json will hold it (paths as text, tuples as lists)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -291,7 +282,7 @@ def prepare_run(out, *, resume: bool, args: dict, checkpoint=None, fresh_ok: tup
             _write_json(out / f"args_resume_{n}.json", {"time": time.strftime("%Y-%m-%d %H:%M:%S"),
                                                         "argv": sys.argv, "changed": changed, "args": record})
             print0(f"resuming {out} from {found}" + (f"; changed flags: {changed}" if changed else ""))
-    _barrier()
+    barrier()
     return found is not None
 
 

@@ -30,7 +30,7 @@ def reference(name):
 
 @torch.no_grad()
 def max_logit_diff(model, ref):
-    return (model(ref["input_ids"]) - ref["logits"]).abs().max().item()
+    return (model(ref["input_ids"]).logits - ref["logits"]).abs().max().item()
 
 
 def copy_fixture(name, tmp_path) -> Path:
@@ -61,12 +61,12 @@ def test_hf_parity(name):
 
     # left-padded batch: nanor1 gets the same positions and a key mask; only real positions are compared
     mask = ref["padded_mask"].bool()
-    logits = model(ref["padded_ids"], pos=ref["padded_pos"], key_mask=mask)
+    logits = model(ref["padded_ids"], pos=ref["padded_pos"], key_mask=mask).logits
     assert (logits - ref["padded_logits"]).abs()[mask].max().item() < TOL
 
     ids = ref["input_ids"]
     for _ in range(ref["greedy"].size(1) - ids.size(1)):
-        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(ids, ref["greedy"])
 
 
@@ -185,7 +185,7 @@ def test_hf_to_nanor1_conversion_is_exact(tmp_path):
     again, _, _ = ck.load(tmp_path / "converted")
     ref = reference("qwen2_tied")
     with torch.no_grad():
-        assert torch.equal(model(ref["input_ids"]), again(ref["input_ids"]))
+        assert torch.equal(model(ref["input_ids"]).logits, again(ref["input_ids"]).logits)
     assert again.head.weight is again.embed.weight
 
 
@@ -210,7 +210,7 @@ def test_roundtrip_is_bit_identical(tmp_path, make_cfg, dtype):
     model = Transformer(make_cfg())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     tokens = torch.randint(0, 64, (2, 10))
-    model(tokens).float().logsumexp(-1).mean().backward()
+    model(tokens).logits.float().logsumexp(-1).mean().backward()
     opt.step()
     for moe in model.moe_layers():
         moe.gate.bias.normal_()  # the balancing bias is a buffer: it must round-trip too
@@ -224,7 +224,7 @@ def test_roundtrip_is_bit_identical(tmp_path, make_cfg, dtype):
     for name in before:
         assert before[name].dtype == after[name].dtype and torch.equal(before[name], after[name]), name
     with torch.no_grad():
-        assert torch.equal(model(tokens), loaded(tokens))
+        assert torch.equal(model(tokens).logits, loaded(tokens).logits)
     assert tok is None and state["step"] == 7 and torch.equal(state["rng"], train_state["rng"])
     opt2 = torch.optim.AdamW(loaded.parameters(), lr=1e-3)
     opt2.load_state_dict(state["optimizer"])  # the optimizer state fits the loaded parameters

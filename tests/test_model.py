@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import nanor1.model as nanor1_model
 from nanor1.model import ModelConfig, Transformer, get_config, lm_loss
 
 torch.set_num_threads(1)
@@ -40,8 +41,8 @@ def test_absorbed_mla_equals_naive(q_lora_rank):
     model = make(q_lora_rank=q_lora_rank)
     x = torch.randint(0, 512, (2, 17))
     with torch.no_grad():
-        naive = model(x)
-        absorbed = model(x, cache=model.new_cache(2, 17), absorb=True)
+        naive = model(x).logits
+        absorbed = model(x, cache=model.new_cache(2, 17), absorb=True).logits
     torch.testing.assert_close(absorbed, naive, atol=1e-5, rtol=1e-5)
 
 
@@ -49,10 +50,10 @@ def test_batched_experts_equal_loop():
     model = make(**MOE_MLA)
     x = torch.randint(0, 512, (3, 11))
     with torch.no_grad():
-        batched = model(x)
+        batched = model(x).logits
         for moe in model.moe_layers():
             moe.batched = False
-        loop = model(x)
+        loop = model(x).logits
     torch.testing.assert_close(batched, loop, atol=1e-6, rtol=1e-6)
 
 
@@ -75,7 +76,9 @@ def test_grouped_mm_paths_equal_per_expert_matmuls(monkeypatch):
         torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.02)
 
 
-def test_batched_experts_gradients_equal_loop():
+@pytest.mark.parametrize("fast", [True, False], ids=["cpu-blocks", "padded-bmm"])
+def test_batched_experts_gradients_equal_loop(fast, monkeypatch):
+    monkeypatch.setattr(nanor1_model, "FAST_PATHS", fast)
     model = make(**MOE_MLA)
     moe = model.moe_layers()[0]
     x = torch.randn(40, model.cfg.dim)
@@ -84,8 +87,49 @@ def test_batched_experts_gradients_equal_loop():
     for path in (moe.experts_loop, moe.experts_batched):
         moe.zero_grad()
         path(x, w.detach(), idx).square().sum().backward()
-        grads.append(moe.w1.grad.clone())
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+        grads.append([p.grad.clone() for p in (moe.w1, moe.w2, moe.w3)])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 5, 32])
+def test_dense_experts_equal_loop_and_decode_uses_them(n_tokens, monkeypatch):
+    """Every expert on every token, weighted by the router, == the per-expert loop; a no-grad CPU forward of a few
+    tokens takes that path, and the padded path (FAST_PATHS off) agrees."""
+    model = make(**MOE_MLA)
+    moe = model.moe_layers()[0]
+    x = torch.randn(n_tokens, model.cfg.dim)
+    with torch.no_grad():
+        w, idx, _ = moe.gate(x)
+        torch.testing.assert_close(moe.experts_dense(x, w, idx), moe.experts_loop(x, w, idx), atol=1e-6, rtol=1e-5)
+        calls = []
+        monkeypatch.setattr(moe, "experts_dense", lambda *a: calls.append(1) or type(moe).experts_dense(moe, *a))
+        fast = moe(x[None])[0]
+        monkeypatch.setattr(nanor1_model, "FAST_PATHS", False)
+        plain = moe(x[None])[0]
+    assert calls == [1]
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["causal", "left-padded"])
+def test_fast_attention_equals_plain_path(padded, monkeypatch):
+    """MLA with v padded to the q/k head dim (SDPA's fused CPU kernel) and is_causal instead of a mask == the plain
+    path (math kernel, explicit mask): logits and gradients; MTP included."""
+    results = []
+    for fast in (True, False):
+        monkeypatch.setattr(nanor1_model, "FAST_PATHS", fast)
+        model = make(**MOE_MLA, n_mtp=1).train()
+        x = torch.randint(1, 512, (3, 13))
+        kw = {}
+        if padded:
+            kw = dict(key_mask=torch.arange(13)[None] >= torch.tensor([[0], [3], [5]]))
+            kw["pos"] = (torch.arange(13)[None] - torch.tensor([[0], [3], [5]])).clamp(min=0)
+        loss, _ = lm_loss(model, x, torch.ones_like(x), **kw)
+        loss.backward()
+        results.append((model(x, **kw).logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=2e-5, rtol=1e-5)
+    for name, g in results[1][1].items():
+        assert (results[0][1][name] - g).abs().max() <= 1e-4 * g.abs().max() + 1e-8, name
 
 
 def test_group_limited_routing_only_picks_kept_groups():
@@ -106,10 +150,10 @@ def test_cached_decode_equals_full_forward(overrides):
     model = make(**overrides)
     x = torch.randint(0, 512, (2, 16))
     with torch.no_grad():
-        full = model(x)
+        full = model(x).logits
         cache = model.new_cache(2, 16)
-        steps = [model(x[:, :9], cache=cache)]
-        steps += [model(x[:, t:t + 1], cache=cache, start=t) for t in range(9, 16)]
+        steps = [model(x[:, :9], cache=cache).logits]
+        steps += [model(x[:, t:t + 1], cache=cache, start=t).logits for t in range(9, 16)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -122,17 +166,17 @@ def test_left_padding_with_positions_matches_unpadded(overrides):
     key_mask = torch.arange(pad + 10)[None] >= pad
     pos = (torch.arange(pad + 10) - pad).clamp(min=0)[None]
     with torch.no_grad():
-        torch.testing.assert_close(model(padded, pos=pos, key_mask=key_mask)[:, pad:], model(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(padded, pos=pos, key_mask=key_mask).logits[:, pad:], model(x).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_routing_replay_reproduces_logits_and_changes_them_when_altered():
     model = make(**MOE_MLA)
     x = torch.randint(0, 512, (2, 9))
     with torch.no_grad():
-        logits, routing = model(x, return_routing=True)
-        torch.testing.assert_close(model(x, routing=routing), logits)
-        other = [(r + 1) % model.cfg.n_routed_experts for r in routing]
-        assert not torch.allclose(model(x, routing=other), logits)
+        out = model(x)
+        torch.testing.assert_close(model(x, routing=out.routing).logits, out.logits)
+        other = [(r + 1) % model.cfg.n_routed_experts for r in out.routing]
+        assert not torch.allclose(model(x, routing=other).logits, out.logits)
 
 
 def test_routing_bias_update_moves_skewed_load_toward_uniform():
@@ -185,3 +229,10 @@ def test_tiny_model_overfits_one_batch():
         first = first or stats["lm_loss"]
     assert stats["lm_loss"] < first / 10, (first, stats)
     assert "mtp_loss" in stats and stats["mtp_loss"] < first / 5
+
+
+def test_rope_tables_stay_float32_when_the_model_is_cast():
+    model = make().to(torch.bfloat16)
+    assert model.cos.dtype == model.sin.dtype == torch.float32 and model.embed.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(model.cos, make().cos, atol=0, rtol=0)
+

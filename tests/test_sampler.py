@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from nanor1.model import Transformer, get_config
-from nanor1.sampler import SamplingParams, StopStrings, generate, kv_bytes_per_token, pack, sample, token_logprobs
+from nanor1.sampler import (SamplingParams, StopStrings, generate, group_token_logprobs, kv_bytes_per_token, pack,
+                            sample, token_logprobs)
 
 SAMPLING = {"max_new_tokens", "temperature", "top_p", "top_k", "greedy", "stop_strings"}
 
@@ -34,7 +35,7 @@ def greedy_by_recompute(model, prompt, n):
     seq = list(prompt)
     with torch.no_grad():
         for _ in range(n):
-            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
     return seq[len(prompt):]
 
 
@@ -80,7 +81,7 @@ def test_sampler_logprobs_equal_trainer_forward(model):
     torch.testing.assert_close(logp, ro.logprobs, atol=1e-5, rtol=0)
     assert (logp[~ro.mask] == 0).all()
     logp2, entropy = token_logprobs(model, batch, ro.temperature, with_entropy=True)
-    probs = (model(batch.tokens[:, :-1], pos=batch.pos[:, :-1], key_mask=batch.key_mask[:, :-1])[:, -12:]
+    probs = (model(batch.tokens[:, :-1], pos=batch.pos[:, :-1], key_mask=batch.key_mask[:, :-1]).logits[:, -12:]
              / ro.temperature).softmax(-1)                                    # [N, T, V] direct, for the entropy
     torch.testing.assert_close(entropy, (-(probs * probs.log()).sum(-1)).masked_fill(~ro.mask, 0), atol=1e-4, rtol=0)
     assert torch.equal(logp2, logp)
@@ -263,16 +264,16 @@ def test_static_forward_equals_sliced_forward(model):
     key_mask[0, :2] = False                                                   # row 0: two pad slots
     pos = (torch.arange(7) - torch.tensor([[2], [0]])).clamp(min=0)           # [2, 7]
     with torch.no_grad():
-        ref = model(tokens[:, :5], pos=pos[:, :5], key_mask=key_mask, cache=caches[0], start=0)
-        out = model(tokens[:, :5], pos=pos[:, :5], key_mask=key_mask, cache=caches[1], start=torch.tensor(0))
+        ref = model(tokens[:, :5], pos=pos[:, :5], key_mask=key_mask, cache=caches[0], start=0).logits
+        out = model(tokens[:, :5], pos=pos[:, :5], key_mask=key_mask, cache=caches[1], start=torch.tensor(0)).logits
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
         for i in (5, 6):
-            ref = model(tokens[:, i:i + 1], pos=pos[:, i:i + 1], key_mask=key_mask, cache=caches[0], start=i)
+            ref = model(tokens[:, i:i + 1], pos=pos[:, i:i + 1], key_mask=key_mask, cache=caches[0], start=i).logits
             out = model(tokens[:, i:i + 1], pos=pos[:, i:i + 1], key_mask=key_mask, cache=caches[1],
-                        start=torch.tensor(i))
+                        start=torch.tensor(i)).logits
             torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-        last = model(tokens, pos=pos, key_mask=key_mask[:, :7], last_only=True)
-        torch.testing.assert_close(last, model(tokens, pos=pos, key_mask=key_mask[:, :7])[:, -1:])
+        last = model(tokens, pos=pos, key_mask=key_mask[:, :7], last_only=True).logits
+        torch.testing.assert_close(last, model(tokens, pos=pos, key_mask=key_mask[:, :7]).logits[:, -1:])
     with pytest.raises(ValueError, match="tensor start"):
         model(tokens[:, :1], start=torch.tensor(0))
 
@@ -365,3 +366,50 @@ def test_cuda_graph_equals_static_on_gpu(kind):
             assert same.all() and graph.finish_reason == static.finish_reason
         assert same.float().mean() >= 0.75, f"only {same.float().mean():.0%} of rows match the static step"
         torch.testing.assert_close(graph.logprobs[same], static.logprobs[same], atol=3e-2 if bf16 else 1e-5, rtol=0)
+
+
+def _grads_and_loads(model, fn, batch, temperature, adv):
+    """fn's log-probs and entropy, the gradients of a GRPO-like loss on them, and the MoE load counts it added."""
+    model.zero_grad()
+    for moe in model.moe_layers():
+        moe.gate.load.zero_()
+    logp, entropy = fn(model, batch, temperature, with_entropy=True)
+    (logp * adv[:, None]).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logp.detach(), entropy, grads, [moe.gate.load.clone() for moe in model.moe_layers()]
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_group_token_logprobs_equal_token_logprobs_with_gradients(kind):
+    """Each prompt run once + completions over its cache == one full forward: log-probs, entropy, gradients, and the
+    MoE load counts that drive the routing-bias update; for shuffled subsets of rows too, and with routing replay."""
+    model = make_model(kind)
+    ro = gen(model, PROMPTS, max_new_tokens=10, seed=1, group_size=4, eos_id=list(range(1, 60)),
+                  record_routing=True)
+    assert not ro.mask.all() and ro.mask[:, 0].all()                         # ragged completions
+    batch = pack(ro.prompts, ro.tokens, ro.mask)
+    adv = torch.randn(len(ro.prompts), generator=torch.Generator().manual_seed(0))
+    model.train()
+    ref = _grads_and_loads(model, token_logprobs, batch, ro.temperature, adv)
+    fast = _grads_and_loads(model, group_token_logprobs, batch, ro.temperature, adv)
+    torch.testing.assert_close(fast[0], ref[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast[1], ref[1], atol=1e-5, rtol=0)
+    assert fast[2].keys() == ref[2].keys()
+    for name, g in ref[2].items():
+        assert (fast[2][name] - g).abs().max() <= 1e-5 * g.abs().max() + 1e-9, name
+    for a, b in zip(fast[3], ref[3]):
+        assert torch.equal(a, b) and a.sum() > 0
+    # a shuffled subset of rows (micro-batches need not hold whole groups)
+    rows = torch.randperm(len(ro.prompts), generator=torch.Generator().manual_seed(1))[:11]
+    sub = pack([ro.prompts[i] for i in rows], ro.tokens[rows], ro.mask[rows])
+    with torch.no_grad():
+        torch.testing.assert_close(group_token_logprobs(model, sub, ro.temperature),
+                                   token_logprobs(model, sub, ro.temperature), atol=1e-5, rtol=0)
+    if ro.routing is not None:  # replay the sampler's experts, after the router moved
+        replay = pack(ro.prompts, ro.tokens, ro.mask, ro.routing)
+        for moe in model.moe_layers():
+            moe.gate.bias += torch.randn_like(moe.gate.bias)
+        with torch.no_grad():
+            torch.testing.assert_close(group_token_logprobs(model, replay, ro.temperature), ro.logprobs,
+                                       atol=1e-5, rtol=0)
+

@@ -69,7 +69,7 @@ def test_decay_groups_split():
     assert ids(decay["params"]) == ids([model.embed.weight, model.proj.weight])     # tied head counted once
     assert ids(no_decay["params"]) == ids([model.norm.weight, model.norm.bias, model.proj.bias])
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert decay["betas"] == (0.9, 0.95) and not opt.defaults["fused"]              # fused only on CUDA
+    assert decay["betas"] == (0.9, 0.95) and opt.defaults["fused"]                  # fused on CPU and CUDA
     # one step moves trainable params and leaves the frozen ones alone
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model(torch.tensor([[1, 2, 3]])).square().mean().backward()
@@ -346,3 +346,21 @@ def test_interrupt_handler_first_sigint_asks_second_raises(capsys):
     with training.interrupt_handler() as stop:
         os.kill(os.getpid(), signal.SIGTERM)                # a cluster's preemption notice: stop cleanly too
         assert stop.requested and stop.signal == "SIGTERM"
+def test_fused_adamw_equals_the_plain_one():
+    """make_optimizer's fused AdamW (one kernel for all params, also on a CPU) takes the same steps as the loop."""
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = make_optimizer(models[0], lr=1e-2, weight_decay=0.1)
+    plain = torch.optim.AdamW([{"params": [p for p in models[1].parameters() if p.dim() >= 2], "weight_decay": 0.1},
+                               {"params": [p for p in models[1].parameters() if p.dim() < 2], "weight_decay": 0.0}],
+                              lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    x = torch.randn(8, 6)
+    for _ in range(5):
+        for model, opt in ((models[0], fused), (models[1], plain)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
