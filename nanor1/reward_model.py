@@ -71,7 +71,7 @@ class RewardModel(nn.Module):
         """tokens [B, T] (right-padded), lengths [B] real tokens per row -> scores [B]."""
         if lengths.min() < 1 or lengths.max() > tokens.size(1):
             raise ValueError(f"lengths must be in 1..{tokens.size(1)}, got {lengths.tolist()}")
-        _, (h, *_) = self.backbone(tokens, return_hidden=True)                      # h [B, T, D] (before the norm)
+        h = self.backbone(tokens).hidden                                             # [B, T, D] (before the norm)
         last = self.backbone.norm(h[torch.arange(tokens.size(0), device=tokens.device), lengths - 1])  # [B, D]
         return self.head(last.float()).squeeze(-1)                                   # [B]
 
