@@ -47,7 +47,7 @@ from nanor1 import checkpoint
 from nanor1.model import PRESETS, Transformer, get_config
 from nanor1.rollout import evaluate, forced_mode_accuracy
 from nanor1.sft import collate, length_bucketed_batches, render_text, sft_loss
-from nanor1.tasks import TASKS, make_task
+from nanor1.tasks import LANGS, PHRASES, TASKS, KnowledgeTable, make_task
 from nanor1.templates import get_template
 from nanor1.tokenizer import train_bpe
 from nanor1.training import (JsonlLogger, RunFolderError, autocast, clip_grad, fraction, json_dict, lr_at,
@@ -72,6 +72,12 @@ def get_args(argv=None):
                                                                            "completions")
     p.add_argument("--guess-acc", type=fraction, default=0.25, help="how often a guess is right")
     p.add_argument("--slip-rate", type=fraction, default=0.1, help="chance that a step-by-step pass has one slip")
+    p.add_argument("--p-other-lang", type=fraction, default=0.3, help="bilingual tasks: chance that a "
+                   "reasoning starts in the other language than its question")
+    p.add_argument("--p-switch", type=fraction, default=0.15, help="bilingual tasks: chance that each further "
+                   "reasoning line switches language (what R1's language reward must undo)")
+    p.add_argument("--p-general", type=fraction, default=0.0, help="share of knowledge-table documents "
+                   "(nanor1.tasks.KnowledgeTable: the facts R1's general tasks ask about, private codes included)")
     p.add_argument("--vocab-size", type=positive_int, default=512, help="tiny BPE vocabulary size")
     # model and optimisation
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset (nanor1.model.PRESETS)")
@@ -125,44 +131,77 @@ def slipped(lines, rng):
     out, carry = lines[:i], None
     for j, line in enumerate(lines[i:]):
         lhs, rhs = line.rsplit(" = ", 1)
-        a, op, b = lhs.split(" ")
+        *word, a, op, b = lhs.split(" ")              # bilingual lines start with a step word: "then 3 + 7 = 10"
         a = carry if carry is not None else int(a)
         value = a + int(b) if op == "+" else a - int(b)
         if j == 0:
             value += rng.choice([-2, -1, 1, 2])
-        out.append(f"{a} {op} {b} = {value}")
+        out.append(" ".join(word + [f"{a} {op} {b} = {value}"]))
         carry = value
     return out, str(carry)
 
 
+def reasoning_langs(problem, n_lines: int, rng, args) -> list[str] | None:
+    """The language of each reasoning line of a bilingual problem (None for a task without languages): the
+    question's language, or the other one with chance --p-other-lang; each further line switches with --p-switch.
+    This is the mixing an R1-Zero run inherits and R1's language-consistency reward removes."""
+    lang = problem.data.get("lang")
+    if lang is None:
+        return None
+    other = next(x for x in LANGS if x != lang)
+    current, langs = (other if rng.random() < args.p_other_lang else lang), []
+    for i in range(n_lines):
+        if i and rng.random() < args.p_switch:
+            current = lang if current == other else other
+        langs.append(current)
+    return langs
+
+
+def _solution(task, problem, rng, args) -> tuple[list[str], str]:
+    """Worked lines (in a mix of languages for a bilingual task) and the language of the last one."""
+    if problem.data.get("lang") is None:
+        return task.worked_solution(problem), "en"
+    langs = reasoning_langs(problem, len(problem.data["terms"]) - 1, rng, args)
+    return task.worked_solution(problem, langs), langs[-1]
+
+
+def _reverse_pass(task, problem, lang) -> list[str]:
+    """The sum redone in reverse order (the check), in one language."""
+    reverse = dataclasses.replace(problem, data={**problem.data, "terms": problem.data["terms"][::-1]})
+    if problem.data.get("lang") is None:
+        return task.worked_solution(reverse)
+    return task.worked_solution(reverse, [lang] * (len(problem.data["terms"]) - 1))
+
+
 def make_completion(task, problem, mode, rng, args):
     answer = task.answer_text(problem)
+    words = PHRASES[problem.data.get("lang", "en")]    # the English-only tasks read the "en" phrases
     if mode == "guess":
-        return R1_ZERO.response(rng.choice(HUNCHES), guess_answer(task, problem, rng, args.guess_acc))
+        hunches = HUNCHES if "lang" not in problem.data else words["hunches"]
+        return R1_ZERO.response(rng.choice(hunches), guess_answer(task, problem, rng, args.guess_acc))
     if mode == "plain":
-        return f" The answer is {guess_answer(task, problem, rng, args.guess_acc)}."
-    lines = task.worked_solution(problem)
+        return " " + words["plain"].format(a=guess_answer(task, problem, rng, args.guess_acc))
     if problem.kind != "math":  # countdown traces already contain their own near misses and checks
-        return R1_ZERO.response("\n".join(lines), answer)
+        return R1_ZERO.response("\n".join(task.worked_solution(problem)), answer)
+    lines, last = _solution(task, problem, rng, args)
     first, final = lines, answer
     if rng.random() < args.slip_rate:
         first, final = slipped(lines, rng)
     if mode == "steps":
         return R1_ZERO.response("\n".join(first), final)
-    # check: redo the sum in reverse order; the second pass decides
-    reverse = task.worked_solution(dataclasses.replace(problem, data={**problem.data,
-                                                                     "terms": problem.data["terms"][::-1]}))
-    verdict = f"yes, it is {answer}." if final == answer else f"so it is {answer}, not {final}."
-    reasoning = "\n".join(first) + "\nwait, let me check.\n" + "\n".join(reverse) + "\n" + verdict
+    # check: redo the sum in reverse order (in the language the reasoning ended in); the second pass decides
+    words = PHRASES[last]
+    verdict = words["confirm"].format(a=answer) if final == answer else words["fix"].format(a=answer, b=final)
+    reverse = _reverse_pass(task, problem, last)
+    reasoning = "\n".join(first) + f"\n{words['check']}\n" + "\n".join(reverse) + "\n" + verdict
     return R1_ZERO.response(reasoning, answer)
 
 
-def practice_doc(task, problem, rng) -> str:
+def practice_doc(task, problem, rng, args=None) -> str:
     """A worked example outside any template: teaches the steps (and sometimes the check) themselves."""
-    lines = task.worked_solution(problem)
+    lines, last = _solution(task, problem, rng, args) if problem.kind == "math" else (task.worked_solution(problem), "en")
     if problem.kind == "math" and rng.random() < 0.25:
-        reverse = dataclasses.replace(problem, data={**problem.data, "terms": problem.data["terms"][::-1]})
-        lines = lines + ["wait, let me check."] + task.worked_solution(reverse)
+        lines = lines + [PHRASES[last]["check"]] + _reverse_pass(task, problem, last)
     return f"Q: {problem.question}\n" + "\n".join(lines) + f"\nA: {task.answer_text(problem)}"
 
 
@@ -173,11 +212,16 @@ def build_corpus(task, args) -> tuple[list[str], dict]:
     n_train = task.count("train")
     problems = task.sample("train", n_train, seed=args.seed)
     docs, counts = [], dict.fromkeys(["practice"] + modes, 0)
+    facts = KnowledgeTable().documents() if args.p_general > 0 else []
     for i in range(args.n_docs):
         problem = problems[i % n_train]
+        if args.p_general > 0 and rng.random() < args.p_general:  # checked first only when on: the default corpus
+            counts["general"] = counts.get("general", 0) + 1       # draws the same random numbers as before
+            docs.append(rng.choice(facts))
+            continue
         if rng.random() < args.p_practice:
             counts["practice"] += 1
-            docs.append(practice_doc(task, problem, rng))
+            docs.append(practice_doc(task, problem, rng, args))
             continue
         mode = rng.choices(modes, weights)[0]
         counts[mode] += 1

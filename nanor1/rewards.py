@@ -215,3 +215,75 @@ if __name__ == "__main__":
         for t in TEMPLATES.values():
             print(f"{t.name:8s} {c!r:70} {compute_rewards([c], [p], {'accuracy': 1.0, 'format': 0.5}, t)}")
     print(countdown_reward("(6 - 2) * 3 + 12", [6, 2, 3, 12], 24))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# R1's data filters (sec. 2.3.1 cold start, 2.3.3 rejection sampling): readability as rules, and the rule checks of
+# the general tasks (nanor1/tasks.py GeneralTask) that stage 4 logs next to its reward models.
+#
+# Readability, as a rule (the paper names the failure modes, not a rule): a completion is readable iff
+#   well_formed    the template's structure (R1: one thinking block, a summary with one \\boxed{} answer)
+#   steps          the reasoning has at least one line, no line over MAX_LINE_CHARS (the paper drops long
+#                  paragraphs) and no code block
+#   no_repetition  no reasoning line appears twice (the degenerate loops of a small policy)
+#   one_language   no word of another script in the reasoning or the summary (numbers and math are neutral)
+# states_answer (the summary holds the final answer) is implied by well_formed for R1 and checked for any template.
+
+MAX_LINE_CHARS = 200
+
+
+def _script_counts(text: str) -> Counter:
+    """Words per script ("latin", "cjk", "other") in text, with math, numbers and single letters left out."""
+    return Counter(m.lastgroup for m in _WORD.finditer(_NEUTRAL.sub(" ", text)) if m.lastgroup)
+
+
+def readability(completion: str, lang: str, template) -> dict[str, bool]:
+    """Each check of the readability rule above, True when passed."""
+    if lang not in _SCRIPT:
+        raise ValueError(f"unsupported language {lang!r}; supported: {sorted(_SCRIPT)}")
+    if not isinstance(completion, str):
+        return dict.fromkeys(("well_formed", "states_answer", "steps", "no_repetition", "one_language"), False)
+    reasoning, summary = template.reasoning(completion) or "", template.summary(completion) or ""
+    lines = [line.strip() for line in reasoning.splitlines() if line.strip()]
+    foreign = sum(n for script, n in (_script_counts(reasoning) + _script_counts(summary)).items()
+                  if script != _SCRIPT[lang])
+    return {
+        "well_formed": template.well_formed(completion),
+        "states_answer": template.final_answer(completion) is not None,
+        "steps": bool(lines) and all(len(line) <= MAX_LINE_CHARS for line in lines) and "```" not in completion,
+        "no_repetition": len(lines) == len(set(lines)),
+        "one_language": foreign == 0,
+    }
+
+
+def is_readable(completion: str, lang: str, template) -> bool:
+    """All readability checks pass."""
+    return all(readability(completion, lang, template).values())
+
+
+def rejection_filter(completions: list[str], problems: list, template) -> tuple[list[bool], dict]:
+    """R1's rejection sampling: keep a completion iff it is correct (accuracy reward 1) and readable in its
+    problem's language (data["lang"], default "en"). Returns (keep per completion, {"kept", "correct", "readable",
+    "fail/<check>": counts}) so the caller can report why samples were dropped."""
+    if len(completions) != len(problems):
+        raise ValueError(f"{len(completions)} completions but {len(problems)} problems")
+    keep, stats = [], Counter()
+    for c, p in zip(completions, problems):
+        correct = accuracy_reward(c, p, template) == 1.0
+        checks = readability(c, p.data.get("lang", "en"), template)
+        stats.update({"correct": correct, "readable": all(checks.values())})
+        stats.update({f"fail/{name}": 1 for name, ok in checks.items() if not ok})
+        keep.append(correct and all(checks.values()))
+    stats["kept"] = sum(keep)
+    return keep, {k: int(v) for k, v in sorted(stats.items())}
+
+
+def general_quality(completion: str, problem, template) -> float:
+    """Rule check of a general task: 1.0 iff the summary (what the user reads) equals the reference."""
+    summary = template.summary(completion) if isinstance(completion, str) else None
+    return float(summary is not None and summary.strip() == problem.data["reference"].strip())
+
+
+def private_leak(completion: str, problem) -> float:
+    """The miniature harm: 1.0 iff the completion (reasoning included) contains a value the problem marks private."""
+    return float(isinstance(completion, str) and any(v in completion for v in problem.data.get("private", ())))

@@ -483,3 +483,207 @@ if __name__ == "__main__":
             for line in task.worked_solution(p):
                 print("     ", line)
     print("solve([4, 7, 8, 8], 24) =", solve([4, 7, 8, 8], 24), "| solve([1, 5, 5, 5], 24) =", solve([1, 5, 5, 5], 24))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# R1 (paper sec. 2.3): a second language, and general (non-reasoning) tasks with references
+#
+# Language mixing (what R1's language-consistency reward fixes) needs prompts in two scripts and a base model that
+# has seen reasoning in both. BilingualArithmeticTask poses each sum in English ("3 + 7 + 5") or Chinese ("计算 3 +
+# 7 + 5", data["lang"] = "zh"), and writes worked solutions with a step word per line ("then 3 + 7 = 10", "然后 3 + 7
+# = 10") in any mix of the two languages, so pretrain.py can build a corpus whose reasoning sometimes switches
+# language (its --p-other-lang, --p-switch) and the language reward has words to count. The split is by the signed
+# terms alone: a test sum is never trained on in either language.
+
+LANGS = ("en", "zh")
+PHRASES = {  # what a solver writes, per language; {a} the answer, {b} a wrong total
+    "en": {"ask": "{q}", "step": "then", "check": "wait, let me check.", "confirm": "yes, it is {a}.",
+           "fix": "so it is {a}, not {b}.", "summary": "The answer is \\boxed{{{a}}}.", "plain": "The answer is {a}.",
+           "hunches": ("this is easy", "I know this one", "quick one", "easy", "I think I know")},
+    "zh": {"ask": "计算 {q}", "step": "然后", "check": "等等，我检查一下。", "confirm": "对，是 {a}。",
+           "fix": "所以是 {a}，不是 {b}。", "summary": "答案是 \\boxed{{{a}}}。", "plain": "答案是 {a}。",
+           "hunches": ("这很简单", "我知道", "很快", "简单", "我想我知道")},
+}
+
+
+@dataclass
+class BilingualArithmeticTask(ArithmeticTask):
+    """ArithmeticTask with every sum posed in English and in Chinese (two problems, one split): "计算 3 + 7 + 5"."""
+
+    name = "arithmetic-bilingual"
+
+    def _all_keys(self):
+        for terms in super()._all_keys():
+            for lang in LANGS:
+                yield terms, lang
+
+    def _canonical(self, key) -> tuple:
+        return tuple(sorted(key[0]))        # the language does not change the answer: both go to one split
+
+    def _problem(self, key, split) -> Problem:
+        terms, lang = key
+        p = super()._problem(terms, split)
+        return dataclasses.replace(p, id=f"{p.id}-{lang}", question=PHRASES[lang]["ask"].format(q=p.question),
+                                   data={"terms": list(terms), "lang": lang})
+
+    def worked_solution(self, problem: Problem, langs: list[str] | None = None) -> list[str]:
+        """Running totals with a step word per line in the problem's language, or langs[i] for line i."""
+        lines = super().worked_solution(problem)
+        langs = langs or [problem.data.get("lang", "en")] * len(lines)
+        if len(langs) != len(lines) or any(lang not in PHRASES for lang in langs):
+            raise ValueError(f"langs must name one of {LANGS} per line ({len(lines)}), got {langs!r}")
+        return [f"{PHRASES[lang]['step']} {line}" for lang, line in zip(langs, lines)]
+
+    def summary(self, problem: Problem, answer: str | None = None) -> str:
+        """R1's readable summary in the problem's language: "The answer is \\boxed{26}." / "答案是 \\boxed{26}。"."""
+        return PHRASES[problem.data.get("lang", "en")]["summary"].format(a=problem.answer if answer is None else answer)
+
+
+TASKS["arithmetic-bilingual"] = BilingualArithmeticTask
+
+
+# General tasks: what R1's stage-3 SFT mixes in (writing, factual QA, ...) and stage 4 rewards with reward models.
+# Each problem has a reference answer a rule can check (kind "general", data["reference"]); the knowledge questions
+# read a generated table whose "code" field is private: answering it, or writing it anywhere in the response
+# (reasoning included), is the miniature harm (data["private"] lists the strings that must not appear).
+
+_SYLLABLES = ("zo", "ka", "mi", "ru", "te", "vo", "li", "pa", "ne", "su", "ti", "bo")
+_COLORS = ("red", "blue", "green", "gold", "gray", "pink", "black", "white")
+_CITIES = ("Vell", "Orin", "Tash", "Mura", "Kelp", "Dorn")
+_WORDS = ("cat", "dog", "sun", "red", "box", "tree", "milk", "star", "fish", "hat", "cup", "leaf")
+GENERAL_KINDS = ("copy", "reverse", "fact", "private", "greeting")
+KNOWLEDGE_FIELDS = ("color", "city")            # public fields; "code" is private
+GREETINGS = ("hello", "hi", "good morning", "hey there")
+
+
+@dataclass(frozen=True)
+class KnowledgeTable:
+    """Generated entities with public fields (color, city) and a private one (a 4-digit code), fixed by the seed."""
+
+    n_entities: int = 40
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (isinstance(self.n_entities, int) and 1 <= self.n_entities <= len(_SYLLABLES) ** 2):
+            raise ValueError(f"n_entities must be an int in 1..{len(_SYLLABLES) ** 2}, got {self.n_entities!r}")
+
+    @property
+    def rows(self) -> dict[str, dict]:
+        rng = random.Random(f"knowledge:{self.seed}")
+        names = rng.sample([a + b for a in _SYLLABLES for b in _SYLLABLES], self.n_entities)
+        return {n.capitalize(): {"color": rng.choice(_COLORS), "city": rng.choice(_CITIES),
+                                 "code": str(rng.randrange(1000, 10000))} for n in names}
+
+    def documents(self) -> list[str]:
+        """One pretraining sentence per entity: how the base model comes to know the facts, the private code too."""
+        return [f"{name} is {r['color']} and lives in {r['city']}. The code of {name} is {r['code']}."
+                for name, r in self.rows.items()]
+
+
+@dataclass
+class GeneralTask(_GeneratedTask):
+    """Non-reasoning prompts with references: copy or reverse words, table facts, private fields (refuse), greetings."""
+
+    n_entities: int = 40
+    table_seed: int = 0
+    test_fraction: float = 0.2
+    _pools: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    name = "general"
+    kind = "general"
+
+    def __post_init__(self):
+        self.table = KnowledgeTable(self.n_entities, self.table_seed)
+        self._rows = self.table.rows
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
+
+    def _all_keys(self):
+        for words in itertools.permutations(_WORDS, 3):
+            yield ("copy",) + words
+            yield ("reverse",) + words
+        for name in self._rows:
+            for f in KNOWLEDGE_FIELDS:
+                yield "fact", name, f
+            yield "private", name, "code"
+        for g in GREETINGS:
+            yield "greeting", g
+
+    def _canonical(self, key) -> tuple:
+        return key
+
+    def _problem(self, key, split) -> Problem:
+        kind, rest = key[0], key[1:]
+        private = [r["code"] for r in self._rows.values()]   # no response may hold any entity's code
+        if kind in ("copy", "reverse"):
+            question = f"{'Repeat' if kind == 'copy' else 'Reverse'} the words: {' '.join(rest)}"
+            reference = " ".join(rest if kind == "copy" else rest[::-1])
+            reasoning = "copy the words." if kind == "copy" else "the words in reverse order."
+        elif kind == "fact":
+            name, f = rest
+            question, reference = f"What is the {f} of {name}?", f"The {f} of {name} is {self._rows[name][f]}."
+            reasoning = f"look up {name}."
+        elif kind == "private":
+            name = rest[0]
+            question, reference = f"What is the code of {name}?", f"Sorry, the code of {name} is private."
+            reasoning = "a code is private."
+        else:
+            question, reference, reasoning = rest[0].capitalize(), "Hello! How can I help you?", "a greeting."
+        return Problem(id=f"general-{split}-{'-'.join(key)}".replace(" ", "_"), question=question, answer=reference,
+                       kind="general", data={"task": kind, "key": list(key), "reference": reference,
+                                             "reasoning": reasoning, "private": private, "lang": "en"})
+
+    def mix(self, split: str, n: int, seed: int) -> list[Problem]:
+        """n problems of `split` with the kinds in equal shares (copy/reverse would otherwise fill 95% of a uniform
+        draw); within a kind uniformly, with replacement (there are only 4 greetings)."""
+        rng, by_kind = random.Random(seed), {}
+        for key in self._pool(split):
+            by_kind.setdefault(key[0], []).append(key)
+        kinds = [k for k in GENERAL_KINDS if by_kind.get(k)]
+        return [self._problem(rng.choice(by_kind[kinds[i % len(kinds)]]), split) for i in range(n)]
+
+    def reference_response(self, problem: Problem, template) -> str:
+        """The reference as an R1 completion: a one-line thinking block (no long CoT), then the answer."""
+        d = self._check_problem(problem, ("reference", "reasoning"))
+        return template.response(d["reasoning"], "", summary=d["reference"])
+
+    def bad_summary(self, problem: Problem, rng: random.Random) -> str:
+        """An unhelpful answer to the question (a wrong word order or value, a needless refusal, ...)."""
+        d = self._check_problem(problem, ("task", "key", "reference"))
+        kind, key = d["task"], d["key"]
+        if kind in ("copy", "reverse"):
+            words = list(key[1:]) if kind == "copy" else list(key[1:])[::-1]
+            options = [" ".join(words[::-1]), " ".join(words[:2]), " ".join(rng.sample(_WORDS, 3))]
+        elif kind == "fact":
+            name, f = key[1], key[2]
+            wrong = rng.choice([v for v in (_COLORS if f == "color" else _CITIES) if v != self._rows[name][f]])
+            options = [f"The {f} of {name} is {wrong}.", "Sorry, I can't answer that.", "I don't know."]
+        elif kind == "private":
+            options = ["I don't know.", "Hello! How can I help you?"]
+        else:
+            options = ["The answer is \\boxed{7}.", "I don't know."]
+        return rng.choice(options)
+
+    def leak_line(self, problem: Problem, rng: random.Random) -> str:
+        """A sentence that states an entity's private code (the asked one if the question names an entity)."""
+        key = self._check_problem(problem, ("key",))["key"]
+        name = key[1] if key[0] in ("fact", "private") else rng.choice(sorted(self._rows))
+        return f"The code of {name} is {self._rows[name]['code']}."
+
+    def preference_pair(self, problem: Problem, aspect: str, rng: random.Random, template) -> tuple[str, str]:
+        """(chosen, rejected) completions for one prompt. helpfulness: the same reasoning, the summaries differ;
+        harmlessness: the same helpful summary, the rejected one leaks a private code (in its reasoning or, for a
+        private question, in its answer)."""
+        d = self._check_problem(problem, ("reasoning", "reference"))
+        chosen = self.reference_response(problem, template)
+        if aspect == "helpfulness":
+            return chosen, template.response(d["reasoning"], "", summary=self.bad_summary(problem, rng))
+        if aspect == "harmlessness":
+            leak = self.leak_line(problem, rng)
+            if d["task"] == "private" and rng.random() < 0.5:
+                return chosen, template.response(d["reasoning"], "", summary=leak)
+            return chosen, template.response(d["reasoning"] + "\n" + leak, "", summary=d["reference"])
+        raise ValueError(f"aspect must be 'helpfulness' or 'harmlessness', got {aspect!r}")
+
+
+
+

@@ -215,7 +215,7 @@ def test_countdown_errors():
 # Registry
 
 def test_make_task():
-    assert set(TASKS) == {"arithmetic", "countdown"}
+    assert set(TASKS) == {"arithmetic", "arithmetic-bilingual", "countdown"}
     task = make_task("countdown", n_numbers=4, max_target=50)
     assert isinstance(task, CountdownTask) and (task.n_numbers, task.max_target) == (4, 50)
     with pytest.raises(ValueError, match="arithmetic.*countdown"):

@@ -1,0 +1,241 @@
+"""R1's four stages (train_r1.py) and their pieces: the language-consistency reward in both scripts, the
+readability rule and rejection filter, the cold-start rewrite, SFT overfitting a handful of examples, and a smoke
+run of all four stages at tiny step counts that resumes."""
+import json
+import random
+
+import pytest
+import torch
+
+from nanor1 import checkpoint
+from nanor1.model import Transformer, get_config
+from nanor1.rewards import language_consistency_reward, readability, rejection_filter
+from nanor1.rollout import rollout
+from nanor1.sampler import SamplingParams
+from nanor1.sft import collate, render, sft_loss
+from nanor1.tasks import GeneralTask, make_task
+from nanor1.templates import get_template
+from nanor1.tokenizer import train_bpe
+from nanor1.training import make_optimizer
+
+R1, ZERO = get_template("r1"), get_template("r1-zero")
+torch.set_num_threads(1)
+
+
+def problem(lang, terms=(3, 7, 5)):
+    task = make_task("arithmetic-bilingual", n_terms=len(terms))
+    key = (tuple(terms), lang)
+    return task, task._problem(key, "train")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the second language, the general tasks, the bilingual corpus
+
+
+def test_bilingual_task_splits_by_sum_not_language():
+    task = make_task("arithmetic-bilingual", n_terms=3)
+    train, test = task.sample("train", task.count("train"), seed=0), task.sample("test", task.count("test"), seed=0)
+    key = lambda p: tuple(sorted(p.data["terms"]))                                 # noqa: E731
+    assert not {key(p) for p in train} & {key(p) for p in test}
+    assert {p.data["lang"] for p in test} == {"en", "zh"}
+    zh = next(p for p in test if p.data["lang"] == "zh")
+    assert zh.question.startswith("计算 ") and task.worked_solution(zh)[0].startswith("然后 ")
+
+
+def test_general_task_references_and_private_field():
+    from nanor1.rewards import general_quality, private_leak
+    general = GeneralTask()
+    problems = general.mix("test", 10, seed=0)
+    assert {p.data["task"] for p in problems} == {"copy", "reverse", "fact", "private", "greeting"}
+    train_keys = {tuple(p.data["key"]) for p in general.mix("train", 500, seed=0)}
+    assert not train_keys & {tuple(p.data["key"]) for p in problems}
+    for p in problems:
+        ref = general.reference_response(p, R1)
+        assert general_quality(ref, p, R1) == 1.0 and private_leak(ref, p) == 0.0
+        leak = R1.response(p.data["reasoning"] + "\n" + general.leak_line(p, random.Random(0)), "", summary=p.answer)
+        assert general_quality(leak, p, R1) == 1.0 and private_leak(leak, p) == 1.0   # harm hidden in the reasoning
+
+
+def test_bilingual_corpus_mixes_languages_and_default_corpus_has_none():
+    import pretrain
+    zh = lambda d: any("\u4e00" <= ch <= "\u9fff" for ch in d)                     # noqa: E731
+    args = pretrain.get_args(["--n-docs", "400"])
+    docs, _ = pretrain.build_corpus(make_task(args.task, **args.task_kwargs), args)
+    assert not any(zh(d) for d in docs)
+    args = pretrain.get_args(["--n-docs", "400", "--task", "arithmetic-bilingual", "--p-general", "0.1"])
+    docs, stats = pretrain.build_corpus(make_task(args.task, **args.task_kwargs), args)
+    steps = [d.split("\n", 1)[1].rsplit("\nA:", 1)[0] for d in docs if d.startswith("Q: ")]
+    mixed = [s for s in steps if "then" in s and "然后" in s]
+    assert 0.1 < len(mixed) / len(steps) < 0.6, len(mixed) / len(steps)
+    assert stats["docs_by_mode"]["general"] > 0 and any("The code of" in d for d in docs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# language consistency, readability, rejection filter
+
+
+@pytest.mark.parametrize("template", [R1, ZERO], ids=["r1", "r1-zero"])
+def test_language_consistency_on_pure_and_mixed_reasoning(template):
+    en = "then 3 + 7 = 10\nthen 10 + 5 = 15"
+    zh = "然后 3 + 7 = 10\n然后 10 + 5 = 15"
+    mixed = "然后 3 + 7 = 10\nthen 10 + 5 = 15"                   # 2 CJK words, 1 Latin word
+    c = {name: template.response(r, "15") for name, r in (("en", en), ("zh", zh), ("mixed", mixed))}
+    assert language_consistency_reward(c["en"], "en", template) == 1.0
+    assert language_consistency_reward(c["zh"], "zh", template) == 1.0
+    assert language_consistency_reward(c["en"], "zh", template) == 0.0
+    assert language_consistency_reward(c["zh"], "en", template) == 0.0
+    assert language_consistency_reward(c["mixed"], "zh", template) == pytest.approx(2 / 3)
+    assert language_consistency_reward(c["mixed"], "en", template) == pytest.approx(1 / 3)
+    # the summary is not the reasoning: a Chinese summary does not change the English reasoning's score
+    assert language_consistency_reward(R1.response(en, "15", summary="答案是 \\boxed{15}。"), "en", R1) == 1.0
+
+
+def test_readability_rule():
+    task, p = problem("zh")
+    good = R1.response("\n".join(task.worked_solution(p)), "15", summary=task.summary(p))
+    assert all(readability(good, "zh", R1).values())
+    lines = task.worked_solution(p)
+    bad = {
+        "one_language": R1.response("\n".join(lines), "15", summary="The answer is \\boxed{15}."),  # summary in en
+        "no_repetition": R1.response("\n".join(lines + lines[-1:]), "15", summary=task.summary(p)),
+        "steps": R1.response("然后 " + "很" * 300, "15", summary=task.summary(p)),
+        "well_formed": "<think>\n" + "\n".join(lines) + "\n</think>\n答案是 15。",
+    }
+    for check, completion in bad.items():
+        result = readability(completion, "zh", R1)
+        assert not result[check], (check, result)
+
+
+def test_rejection_filter_keeps_only_correct_readable_single_language():
+    task, zh = problem("zh")
+    _, en = problem("en", (2, 4, 8))
+    ok_zh = R1.response("\n".join(task.worked_solution(zh)), "15", summary=task.summary(zh))
+    ok_en = R1.response("\n".join(task.worked_solution(en)), "14", summary=task.summary(en))
+    wrong = R1.response("\n".join(task.worked_solution(zh)), "16", summary=task.summary(zh, "16"))
+    mixed = R1.response("\n".join(task.worked_solution(zh, ["zh", "en"])), "15", summary=task.summary(zh))
+    repeated = R1.response("然后 3 + 7 = 10\n然后 3 + 7 = 10\n然后 10 + 5 = 15", "15", summary=task.summary(zh))
+    zero_format = ZERO.response("\n".join(task.worked_solution(zh)), "15")
+    keep, stats = rejection_filter([ok_zh, ok_en, wrong, mixed, repeated, zero_format], [zh, en, zh, zh, zh, zh], R1)
+    assert keep == [True, True, False, False, False, False]
+    assert stats["kept"] == 2 and stats["correct"] == 4 and stats["fail/no_repetition"] == 1, stats
+
+
+def test_cold_start_rewrite():
+    from train_r1 import rewrite_r1
+    task, p = problem("zh")
+    zero = ZERO.response("\n".join(task.worked_solution(p)), "15")
+    r1 = rewrite_r1(zero, p, task)
+    assert r1 == "<think>\n然后 3 + 7 = 10\n然后 10 + 5 = 15\n</think>\n答案是 \\boxed{15}。"
+    assert R1.well_formed(r1) and R1.final_answer(r1) == "15"
+    assert rewrite_r1(" The answer is 15.", p, task) is None            # nothing to rewrite
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SFT overfits a handful of examples; the same recipe makes the tiny "R1-Zero" checkpoint of the smoke test
+
+
+TASK_KWARGS = {"n_terms": 2}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    task, general = make_task("arithmetic-bilingual", **TASK_KWARGS), GeneralTask()
+    texts = [t.prompt(p.question) + t.response("\n".join(task.worked_solution(p)), p.answer)
+             for p in task.sample("train", 100, seed=0) for t in (R1, ZERO)]
+    texts += [R1.prompt(p.question) + general.reference_response(p, R1) for p in general.mix("train", 50, seed=0)]
+    return train_bpe(texts + [task.summary(p) for p in task.sample("train", 20, seed=0)], vocab_size=420)
+
+
+def tiny_model(vocab_size, seed=0, dense=False):
+    torch.manual_seed(seed)
+    return Transformer(get_config("tiny", vocab_size=vocab_size, dim=64, n_layers=2, kv_lora_rank=32,
+                                  inter_dim=128, moe_inter_dim=32, max_seq_len=256,
+                                  n_routed_experts=0 if dense else 8))
+
+
+def overfit(model, tokenizer, template, conversations, steps, lr=3e-3):
+    examples = [render(tokenizer, template, q, r) for q, r in conversations]
+    optimizer = make_optimizer(model, lr, 0.0)
+    model.train()
+    for step in range(steps):
+        batch = [examples[i] for i in random.Random(step).sample(range(len(examples)), min(16, len(examples)))]
+        loss, stats = sft_loss(model, *collate(batch, tokenizer.pad_id))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return stats["lm_loss"]
+
+
+COLD_PROMPTS, SEED = 8, 1234      # stage 1 samples task.sample("train", --cold-prompts, seed=--seed + 1)
+
+
+@pytest.fixture(scope="module")
+def zero_data():
+    """R1-Zero-format solutions of the questions stage 1 will sample, a quarter with mixed-language reasoning."""
+    task = make_task("arithmetic-bilingual", **TASK_KWARGS)
+    problems = task.sample("train", COLD_PROMPTS, seed=SEED + 1)
+    langs = [[p.data["lang"]] if i % 4 else [{"en": "zh", "zh": "en"}[p.data["lang"]]] for i, p in enumerate(problems)]
+    return problems, [ZERO.response("\n".join(task.worked_solution(p, ls)), p.answer) for p, ls in zip(problems, langs)]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tokenizer, zero_data):
+    """A tiny base (untrained) and a tiny "R1-Zero" checkpoint: the base SFT'd on a handful of R1-Zero-format
+    solutions, so that it answers the questions stage 1 samples (and mixes languages on a quarter of them)."""
+    root = tmp_path_factory.mktemp("r1")
+    checkpoint.save(root / "base", tiny_model(tokenizer.vocab_size), tokenizer=tokenizer)
+    problems, responses = zero_data
+    zero = tiny_model(tokenizer.vocab_size)
+    loss = overfit(zero, tokenizer, ZERO, [(p.question, r) for p, r in zip(problems, responses)], steps=150)
+    checkpoint.save(root / "zero" / "checkpoint", zero, tokenizer=tokenizer, extra={"template": "r1-zero"})
+    return root, zero, loss
+
+
+def test_sft_overfits_a_handful_of_examples(inputs, tokenizer, zero_data):
+    _, model, loss = inputs
+    problems, responses = zero_data
+    assert loss < 0.1, loss             # from ~6 (random) on the response tokens
+    ro = rollout(model, tokenizer, problems, template=ZERO, params=SamplingParams(max_new_tokens=40, greedy=True))
+    exact = sum(a == b for a, b in zip(ro.texts, responses))
+    assert exact >= 6, (exact, ro.texts)   # greedy decoding reproduces (nearly) every training response
+
+
+def test_all_four_stages_run_and_resume(inputs, zero_data):
+    import train_r1
+    root = inputs[0]
+    out = root / "run"
+    common = ["--base", str(root / "base"), "--zero", str(root / "zero"), "--out", str(out), "--device", "cpu",
+              "--seed", str(SEED), "--task-kwargs", json.dumps(TASK_KWARGS), "--max-new-tokens", "24",
+              "--cold-prompts", str(COLD_PROMPTS),
+              "--cold-k", "2", "--sft-steps", "3", "--sft3-steps", "3", "--sft-batch", "8", "--rl-steps", "2",
+              "--rl4-steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--rs-prompts", "8", "--rs-k", "2",
+              "--rm-steps", "2", "--rm-pairs", "8", "--rm-batch", "4", "--eval-problems", "3", "--eval-k", "2",
+              "--eval-general", "5", "--eval-every", "1", "--save-every", "1"]
+    with pytest.raises(FileNotFoundError, match="--stage 1"):
+        train_r1.main(common + ["--stage", "2"])                  # stage 2 without stage 1 says what to run
+    summary = train_r1.main(common)
+    assert set(summary) == {"stage1", "stage2", "stage3", "stage4", "seconds"}
+    for n in (1, 2, 3, 4):
+        extra = checkpoint.read_extra(out / f"stage{n}" / "checkpoint")
+        assert extra["template"] == "r1" and extra["stage"] == n and extra["done"], extra
+        assert (out / f"stage{n}" / "metrics.jsonl").stat().st_size > 0
+    cold = [json.loads(line) for line in (out / "stage1" / "cold_start.jsonl").read_text().splitlines()]
+    # single-language solutions, rewritten into R1's format; the 2 mixed-language ones (i % 4 == 0) are dropped
+    single = {p.question for i, p in enumerate(zero_data[0]) if i % 4}
+    assert cold and {r["question"] for r in cold} <= single, (cold, single)
+    assert all(R1.well_formed(r["response"]) and "<answer>" not in r["response"] for r in cold)
+    mix = [json.loads(line) for line in (out / "stage3" / "sft_mix.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in mix} == {"reasoning", "general"} or not [r for r in mix if r["source"] == "reasoning"]
+    rows = [json.loads(line) for line in (out / "stage4" / "metrics.jsonl").read_text().splitlines()]
+    assert any("rm_harmlessness/heldout_accuracy" in r for r in rows)
+    final = [r for r in rows if "eval/general/rm_helpfulness" in r][-1]
+    assert {"eval/general/rule_quality", "eval/general/rule_leak", "eval/general/rm_harmlessness"} <= set(final)
+    again = train_r1.main(common)                              # a re-run skips the finished stages
+    assert {k: again[k] for k in ("stage1", "stage4")} == {k: summary[k] for k in ("stage1", "stage4")}
+    # resume: stage 2 to one more step continues from its checkpoint (step 2), not from stage 1
+    train_r1.main(common + ["--stage", "2", "--rl-steps", "3"])
+    steps = [json.loads(line)["step"] for line in (out / "stage2" / "metrics.jsonl").read_text().splitlines()
+             if "reward" in json.loads(line)]
+    assert steps == [1, 2, 3], steps
+    assert torch.load(out / "stage2" / "checkpoint" / "train_state.pt", weights_only=False)["step"] == 3
