@@ -375,7 +375,8 @@ def main(argv=None):
         if world_size() > 1 or state is None:   # saved by a data-parallel run: model, optimizer, each rank's RNG
             info = fsdp.load_sharded(out / "checkpoint-sharded", policy, optimizer)
             if info["step"] != checkpoint.read_extra(ckpt).get("step"):
-                raise SystemExit(f"{ckpt} was saved by a single process: resume it with one process")
+                raise SystemExit(f"{ckpt} is not the sharded state's step {info['step']}: it was saved by a single "
+                                 "process (resume it with one) or replaced by hand")
             state = {"step": info["step"], "rng": (info["rank_state"] or {}).get("rng")}
         else:
             optimizer.load_state_dict(state["optimizer"])

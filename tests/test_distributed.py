@@ -91,7 +91,8 @@ def _worker(rank, port, base, tmp):
         lo, hi = fsdp.share(len(PROBLEMS))
         out["metrics"] = rl_step(policy, optimizer, tok, ZERO, PROBLEMS[lo:hi], digit_share, CFG, seed=SEED,
                                  first_index=lo)
-        out["stepped"] = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in policy.state_dict().items()}
+        out["stepped"] = {k: v.full_tensor() if hasattr(v, "full_tensor") else v
+                          for k, v in policy.state_dict().items()}
         with fsdp.gathered(policy):
             out["eval"] = evaluate(policy, tok, PROBLEMS, **EVAL)
         evaluate_py.main(eval_argv(base, os.path.join(tmp, "eval2")))
