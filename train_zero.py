@@ -27,7 +27,8 @@ Commands:
   torchrun --nproc_per_node 8 train_zero.py --base runs/base-gpu --prompts-per-step 64   # FSDP, one node
   torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train_zero.py ...
 Under torchrun (see dev/multinode.md) the model is FSDP-sharded and each rank samples its share of the step's
-questions, whole groups, seeded by their global index: the same run at any number of ranks, up to float rounding.
+questions, whole groups, seeded by their global index: the same run at any number of ranks, up to float rounding
+(with --minibatches 1: minibatches are cut within each rank's rows).
 """
 import os
 
