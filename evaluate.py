@@ -21,6 +21,7 @@ Commands:
       --device cuda                                                  # the paper's AIME setting
   python evaluate.py CKPT --data ../shared/data/math500.jsonl --problems 100   # the first 100 problems only
   python evaluate.py /path/to/hf-folder --template r1-zero --data ../shared/data/gsm8k_test.jsonl --device cuda
+  torchrun --nproc_per_node 8 evaluate.py runs/zero/checkpoint --data ../shared/data/math500.jsonl --k 16
 The template comes from the checkpoint's extra.json (train_zero.py records it), else --template. Caveat for
 DeepSeek-R1-Distill folders: the "r1" template writes nanor1's own chat markers (<|user|>, <|assistant|>), not
 DeepSeek's (<｜User｜>, <｜Assistant｜>), so their numbers are not yet comparable with the paper's.
@@ -32,9 +33,11 @@ Outputs in --out: <model>/samples-*.jsonl (one record per completion: problem id
 extracted answer, correct, well-formed, length, finish reason), results.json, results.md (the table printed at the
 end), pass_at_k.png (when matplotlib is installed).
 
-Data parallel (not wired yet): shards are independent and each problem's sampling seed comes from its id, never
-from its position, so ranks can split the shard list (`my_shards`, below: shard j goes to rank j % world) and
-rank 0 can score once every shard file exists; the result does not depend on the number of ranks.
+Data parallel (torchrun, one node or several): shards are independent and each problem's sampling seed comes from
+its id, never from its position, so the ranks split the shard list (`my_shards`: shard j goes to rank j % world),
+each with a whole copy of the model, and rank 0 scores once every shard file exists (it watches the folder, so a
+long evaluation never waits in a collective that could time out); the numbers do not depend on the number of ranks.
+--out must be on a filesystem every rank sees.
 """
 import os
 
@@ -53,7 +56,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nanor1 import checkpoint
+from nanor1 import checkpoint, fsdp
 from nanor1.math_grader import math_equal
 from nanor1.rewards import accuracy_reward, grade_answer
 from nanor1.rollout import prompt_ids, stops
@@ -61,7 +64,7 @@ from nanor1.sampler import SamplingParams, generate
 from nanor1.scoring import bootstrap_ci, cons_score, curve_ks, pass_at_k_scores
 from nanor1.tasks import JsonlFormatError, TASKS, load_jsonl, make_task
 from nanor1.templates import TEMPLATES, get_template
-from nanor1.training import autocast, pick_device
+from nanor1.training import autocast
 
 GRADER = "nanor1.rewards.accuracy_reward (math: math_grader.math_equal on the template's final answer)"
 
@@ -149,8 +152,8 @@ def problem_seed(seed: int, problem_id: str) -> int:
 
 
 def my_shards(n_shards: int, rank: int = 0, world: int = 1) -> list[int]:
-    """The shards this process samples: shard j goes to rank j % world. The data-parallel seam: one process for
-    now; under torchrun each rank would sample its shards, then rank 0 would score once all shard files exist."""
+    """The shards this process samples: shard j goes to rank j % world (under torchrun; rank 0 then scores once
+    all shard files exist)."""
     return [j for j in range(n_shards) if j % world == rank]
 
 
@@ -188,10 +191,13 @@ def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def check_settings(folder: Path, settings: dict):
-    """Resume only what was sampled with the same settings; a different run in the same folder is an error."""
+def check_settings(folder: Path, settings: dict, *, wait: bool = False):
+    """Resume only what was sampled with the same settings; a different run in the same folder is an error.
+    wait: (ranks > 0) wait for rank 0 to write the settings instead of writing them."""
     folder.mkdir(parents=True, exist_ok=True)
     f = folder / "settings.json"
+    while wait and not f.is_file():
+        time.sleep(0.2)
     if f.is_file():
         old = json.loads(f.read_text())
         if old != settings:
@@ -199,7 +205,8 @@ def check_settings(folder: Path, settings: dict):
             raise ValueError(f"{folder} holds samples made with other settings (changed: {changed}); "
                              "use another --out or delete that folder")
     else:
-        f.write_text(json.dumps(settings, indent=2) + "\n")
+        f.with_name(f.name + ".tmp").write_text(json.dumps(settings, indent=2) + "\n")
+        os.replace(f.with_name(f.name + ".tmp"), f)   # atomic: other ranks read it
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -327,21 +334,26 @@ def evaluate_model(path: str, name: str, problems, args, out: Path, device) -> d
                     greedy=args.greedy, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                     max_new_tokens=args.max_new_tokens, shard_size=args.shard_size,
                     problem_ids=hashlib.sha256("\n".join(p.id for p in problems).encode()).hexdigest())
-    check_settings(folder, settings)
+    check_settings(folder, settings, wait=not fsdp.is_main())
     shards = [problems[j:j + args.shard_size] for j in range(0, len(problems), args.shard_size)]
-    jobs = [(f"samples-seed{s}-shard{j:04d}.jsonl", s, j, False) for s in seeds for j in my_shards(len(shards))]
+    jobs = [(f"samples-seed{s}-shard{j:04d}.jsonl", s, j, False) for s in seeds for j in range(len(shards))]
     if args.greedy:
-        jobs += [(f"greedy-shard{j:04d}.jsonl", 0, j, True) for j in my_shards(len(shards))]
-    todo = [job for job in jobs if not (folder / job[0]).is_file()]
+        jobs += [(f"greedy-shard{j:04d}.jsonl", 0, j, True) for j in range(len(shards))]
+    mine = set(my_shards(len(shards), fsdp.rank(), fsdp.world_size()))   # all of them in one process
+    todo = [job for job in jobs if job[2] in mine and not (folder / job[0]).is_file()]
     model = tokenizer = None
     t0 = time.time()
-    for file, s, j, greedy in tqdm(todo, desc=name, disable=not todo):
+    for file, s, j, greedy in tqdm(todo, desc=name, disable=not todo or not fsdp.is_main()):
         if model is None:  # loaded only when something is left to sample
             model, tokenizer, _ = checkpoint.load(path, device=device)
         with autocast(device):
             records = sample_shard(model, tokenizer, shards[j], template, group_size=1 if greedy else args.k,
                                    greedy=greedy, seed=s, args=args)
         write_records(folder / file, records)
+    if not fsdp.is_main():
+        return None
+    while any(not (folder / job[0]).is_file() for job in jobs):   # data parallel: the other ranks' shards
+        time.sleep(1.0)
     seconds = time.time() - t0
     sampled = [r for f, _, _, g in jobs if not g for r in read_records(folder / f)]
     scores = score(sampled, problems, seeds, args.k)
@@ -358,12 +370,13 @@ def evaluate_model(path: str, name: str, problems, args, out: Path, device) -> d
 
 def main(argv=None) -> dict:
     args = get_args(argv)
-    device = pick_device(args.device)
+    device = fsdp.init_distributed(args.device)   # torchrun: this rank's device; one process: just the device
     problems = load_problems(args)
     bad = unparseable_golds(problems)
-    if bad:  # counted, named and left out: never scored as wrong answers
+    if bad and fsdp.is_main():  # counted, named and left out: never scored as wrong answers
         print(f"warning: the grader cannot parse the gold answer of {len(bad)} problem(s); they are left out: "
               + ", ".join(f"{i} ({g!r})" for i, g in bad[:10]) + (" ..." if len(bad) > 10 else ""), file=sys.stderr)
+    if bad:
         skip = {i for i, _ in bad}
         problems = [p for p in problems if p.id not in skip]
     if not problems:
@@ -373,8 +386,6 @@ def main(argv=None) -> dict:
             raise FileNotFoundError(f"checkpoint folder {path} does not exist")
         if not (Path(path) / checkpoint.TOKENIZER).is_file():
             raise ValueError(f"{path}: the checkpoint has no tokenizer ({checkpoint.TOKENIZER}); evaluation needs one")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        raise NotImplementedError("data-parallel evaluation is not wired yet (see my_shards); run one process")
     if len({p.id for p in problems}) != len(problems):
         raise ValueError("problem ids are not unique; give each JSONL line a distinct 'id'")
     out = Path(args.out)
@@ -387,6 +398,8 @@ def main(argv=None) -> dict:
     results = {"settings": settings, "models": []}
     for path, name in zip(args.checkpoints, model_names(args.checkpoints)):
         results["models"].append(evaluate_model(path, name, problems, args, out, device))
+    if not fsdp.is_main():   # data parallel: rank 0 scores and writes
+        return None
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown_table(results)
     (out / "results.md").write_text(table + "\n")
@@ -399,5 +412,6 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, JsonlFormatError, ValueError, NotImplementedError) as e:
+        fsdp.shutdown()
+    except (FileNotFoundError, JsonlFormatError, ValueError) as e:
         sys.exit(f"error: {e}")

@@ -23,7 +23,10 @@ model is competent but unreliable: low pass@1, high forced-mode accuracy. The re
 Commands:
   python pretrain.py                                   # tiny default, ~9 minutes on 2 CPU cores
   python pretrain.py --device cuda --steps 3000 --batch-size 128 --out runs/base-gpu
-Single process only for now (data-parallel pretraining arrives with the FSDP issue).
+  torchrun --nproc_per_node 8 pretrain.py --device cuda --steps 3000 --batch-size 128 --out runs/base-gpu
+Under torchrun (multi-node: dev/multinode.md) every rank builds the same corpus and tokenizer, the model is
+FSDP-sharded, and each rank trains on its slice of every global batch of --batch-size documents: the same steps as
+one process, up to float rounding.
 """
 import os
 
@@ -43,7 +46,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from nanor1 import checkpoint
+from nanor1 import checkpoint, fsdp
 from nanor1.model import PRESETS, Transformer, get_config
 from nanor1.rollout import evaluate, forced_mode_accuracy
 from nanor1.sft import collate, length_bucketed_batches, render_text, sft_loss
@@ -51,7 +54,7 @@ from nanor1.tasks import LANGS, PHRASES, TASKS, KnowledgeTable, make_task
 from nanor1.templates import get_template
 from nanor1.tokenizer import train_bpe
 from nanor1.training import (JsonlLogger, RunFolderError, autocast, clip_grad, fraction, json_dict, lr_at,
-                             make_optimizer, nonnegative_float, nonnegative_int, pick_device, positive_float,
+                             make_optimizer, nonnegative_float, nonnegative_int, positive_float,
                              positive_int, prepare_run, print0, seed_everything, set_lr)
 
 R1_ZERO = get_template("r1-zero")   # the base corpus's transcripts use the template R1-Zero will prompt with
@@ -232,7 +235,7 @@ def build_corpus(task, args) -> tuple[list[str], dict]:
 def main(argv=None):
     args = get_args(argv)
     seed_everything(args.seed)
-    device = pick_device(args.device)
+    device = fsdp.init_distributed(args.device)   # torchrun: join the process group; one process: just the device
     out = Path(args.out)
     task = make_task(args.task, **args.task_kwargs)
     prepare_run(out, resume=False, args=vars(args))     # a used --out is refused, never overwritten
@@ -248,28 +251,35 @@ def main(argv=None):
     cfg = get_config(args.preset, vocab_size=tokenizer.vocab_size, **args.model_kwargs)
     model = Transformer(cfg).to(device)
     print0(f"model: {args.preset} {json.dumps(model.num_params())}")
+    if fsdp.world_size() > 1:   # FSDP: every rank built the same weights (same seed) and keeps its shards
+        fsdp.shard_model(model, mixed_precision=device.type == "cuda")
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     rng = random.Random(args.seed)
     batches, epoch = [], 0
     log = JsonlLogger(out / "pretrain_metrics.jsonl")
     model.train()
     t_start, tokens_seen = time.time(), 0
-    for step in (bar := tqdm(range(args.steps), desc="pretrain")):
+    for step in (bar := tqdm(range(args.steps), desc="pretrain", disable=not fsdp.is_main())):
         if not batches:
             batches, epoch = length_bucketed_batches(lengths, args.batch_size, rng), epoch + 1
-        tokens, mask = collate([seqs[i] for i in batches.pop()], tokenizer.pad_id, device)
+            batches = [b for b in batches if len(b) >= fsdp.world_size()]   # (data parallel: a row for each rank)
+        batch = batches.pop()
+        lo, hi = fsdp.share(len(batch))   # data parallel: this rank's rows of the global batch
+        tokens, mask = collate([seqs[i] for i in batch[lo:hi]], tokenizer.pad_id, device)
         lr = lr_at(step, max_lr=args.lr, warmup=args.warmup, total=args.steps)
         set_lr(optimizer, lr)
         with autocast(device):
             loss, stats = sft_loss(model, tokens, mask)
+            loss = loss * fsdp.token_share(mask[:, 1:])   # data parallel: the global token mean (1 in one process)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = clip_grad(model, args.grad_clip)
         if math.isfinite(norm):
             optimizer.step()
             model.update_routing_bias(args.bias_update_speed)
-        tokens_seen += int(mask.sum())
+        tokens_seen += int(fsdp.all_reduce_sum(mask.sum()))
         if step % 10 == 0 or step == args.steps - 1:
+            stats = fsdp.reduce_metrics(stats, weight=int(mask[:, 1:].sum()))   # over ranks: token-weighted means
             tok_s = tokens_seen / (time.time() - t_start)
             log.log(step=step, epoch=epoch, lr=lr, grad_norm=norm, tok_per_s=tok_s, **stats)
             bar.set_postfix(loss=f"{stats['lm_loss']:.3f}", tok_s=f"{tok_s:.0f}")
@@ -279,11 +289,13 @@ def main(argv=None):
     model.eval()
     problems = task.sample("test", args.eval_problems, seed=args.seed)
     report = {}
-    if args.eval_k > 0:
-        report = evaluate(model, tokenizer, problems, template=R1_ZERO, k=args.eval_k, temperature=args.eval_temperature,
-                          top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    report["forced_mode_accuracy"] = forced_mode_accuracy(model, tokenizer, task, problems, template=R1_ZERO,
-                                                          max_new_tokens=args.max_new_tokens)
+    with fsdp.gathered(model):   # FSDP: full weights for sampling (evaluate shards its problems over the ranks)
+        if args.eval_k > 0:
+            report = evaluate(model, tokenizer, problems, template=R1_ZERO, k=args.eval_k,
+                              temperature=args.eval_temperature, top_p=args.eval_top_p,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+        report["forced_mode_accuracy"] = forced_mode_accuracy(model, tokenizer, task, problems, template=R1_ZERO,
+                                                              max_new_tokens=args.max_new_tokens)
     report.update(train_seconds=train_s, tokens_seen=tokens_seen, final_loss=stats["lm_loss"])
     log.log(step=args.steps, **{f"base/{k}": v for k, v in report.items() if not isinstance(v, (list, dict))})
     log.close()
@@ -297,6 +309,7 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
+        fsdp.shutdown()
     except KeyboardInterrupt:
         raise SystemExit("interrupted: nothing saved (pretraining saves once, at the end)") from None
     except RunFolderError as e:

@@ -24,7 +24,11 @@ Commands:
   python train_zero.py --base /path/to/hf-folder --task-file data/gsm8k_train.jsonl --eval-file data/gsm8k_test.jsonl \
       --device cuda --beta 0.001 --max-new-tokens 1024 --prompts-per-step 32 --group-size 16
   python train_zero.py --resume                          # continue runs/zero from its last checkpoint
-Single process for now; the step is data-parallel-ready (global loss normalisation, each group whole on one rank).
+  torchrun --nproc_per_node 8 train_zero.py --base runs/base-gpu --prompts-per-step 64   # FSDP, one node
+  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train_zero.py ...
+Under torchrun (see dev/multinode.md) the model is FSDP-sharded and each rank samples its share of the step's
+questions, whole groups, seeded by their global index: the same run at any number of ranks, up to float rounding
+(with --minibatches 1: minibatches are cut within each rank's rows).
 """
 import os
 
@@ -45,7 +49,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from nanor1 import checkpoint
+from nanor1 import checkpoint, fsdp
 from nanor1.fsdp import world_size
 from nanor1.grpo import (ADV_SCALES, LOSS_AGGS, OVERLONG, GRPOConfig, StepStats, filter_groups, global_counts,
                          group_advantages, grpo_loss, mask_truncated, minibatches, overlong_penalty)
@@ -54,7 +58,7 @@ from nanor1.sampler import DECODE_MODES, SamplingParams, group_token_logprobs, p
 from nanor1.tasks import TASKS, JsonlFormatError, load_jsonl, make_task, problem_where, validate_problems
 from nanor1.templates import TEMPLATES, get_template
 from nanor1.training import (DivergenceGuard, JsonlLogger, RunFolderError, autocast, clip_grad, interrupt_handler,
-                             json_dict, lr_at, make_optimizer, nonnegative_float, nonnegative_int, pick_device,
+                             json_dict, lr_at, make_optimizer, nonnegative_float, nonnegative_int,
                              positive_float, positive_int, prepare_run, print0, rng_state, seed_everything, set_lr,
                              set_rng_state)
 
@@ -139,20 +143,23 @@ def grpo_config(args) -> GRPOConfig:
 
 
 def rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg: GRPOConfig, *, seed: int, ref=None,
-            refill=None) -> dict:
-    """One GRPO step on this rank's questions (whole groups); returns the step's metrics.
+            refill=None, first_index: int = 0) -> dict:
+    """One GRPO step on this rank's questions (whole groups); returns the step's metrics, over all ranks.
 
     reward_fn(texts, problems) -> (totals, components): the rule rewards (R1-Zero), or rules plus reward models
     (R1 stage 4). refill(n) -> n new questions, for dynamic sampling. ref: the frozen reference model (beta > 0).
+    first_index: the step-wide index of problems[0] (data parallel), which seeds each question's samples.
     """
     device, t0 = policy.embed.weight.device, time.perf_counter()
 
     # 1. Sample G completions per question from the current policy, which is pi_old for this step, and score them.
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
-    def sample(questions, seed):  # noqa: E306
-        return rollout(policy, tokenizer, questions, template=template, params=params, group_size=cfg.group_size,
-                       reward_fn=reward_fn, seed=seed, record_routing=cfg.replay_routing, decode_mode=cfg.decode_mode)
-    ro, n_sampled = sample(problems, seed), len(problems)
+    def sample(questions, seed, first_index=0):  # noqa: E306
+        with fsdp.gathered(policy):   # FSDP: full weights once per rollout, decoding without collectives
+            return rollout(policy, tokenizer, questions, template=template, params=params, group_size=cfg.group_size,
+                           reward_fn=reward_fn, seed=seed, record_routing=cfg.replay_routing,
+                           decode_mode=cfg.decode_mode, first_index=first_index)
+    ro, n_sampled = sample(problems, seed, first_index), len(problems)
     if cfg.dynamic_sampling and refill is not None:  # DAPO: replace groups whose rewards are all equal
         ro, n_sampled = fill_groups(ro, lambda n, attempt: sample(refill(n), seed + 7919 * (attempt + 1)),
                                     cfg.max_refills)
@@ -217,18 +224,25 @@ def rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg: GR
             losses.append(mb_loss)
     t_update = time.perf_counter() - t2
 
-    # 5. Metrics.
-    return {
+    # 5. Metrics, over all ranks (fsdp.reduce_metrics; one process: as they are): means weighted by rows or by
+    #    tokens (the loss stats), sums (the loss: each rank's part is normalised by global counts), maxima.
+    summary = stats.summary()
+    metrics = {
         "reward": ro.rewards.mean().item(),
         **behaviour_stats(ro),
         "zero_variance_groups": 1.0 - filter_groups(ro.rewards_by_group()).float().mean().item(),
         "sampled_groups": n_sampled,
-        **stats.summary(), **logs, "loss": sum(losses) / len(losses),
+        **summary, **logs, "loss": sum(losses) / len(losses),
         "time/generate": t_generate, "time/ref_logprobs": t_ref, "time/update": t_update,
         "time/step": time.perf_counter() - t0,
         "gen_tokens_per_s": ro.gen.mask.sum().item() / max(t_generate, 1e-9),
         "train_tokens_per_s": cfg.mu * batch.key_mask.sum().item() / max(t_update, 1e-9),
     }
+    tokens = sum(w for w, _ in stats.rows)
+    return fsdp.reduce_metrics(metrics, weight=len(ro.texts), weights=dict.fromkeys(summary, tokens),
+                               sums=("sampled_groups", "loss", "gen_tokens_per_s", "train_tokens_per_s"),
+                               maxes=("logp_diff", "ratio_max", "grad_norm", "skipped_steps",
+                                      *(k for k in metrics if k.startswith("time/"))), mins=("ratio_min",))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -307,12 +321,15 @@ def fall_back(ckpt: Path, bad_since: int) -> str:
 
 def run_eval(model, tokenizer, template, problems, args, step, out, log):
     t0 = time.time()
-    report = evaluate(model, tokenizer, problems, template=template, k=args.eval_k, temperature=args.eval_temperature,
-                      top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                      decode_mode=args.decode_mode)
-    with open(out / f"samples_step{step:05d}.jsonl", "w") as f:
-        for ex in report.pop("examples"):
-            f.write(json.dumps(ex) + "\n")
+    with fsdp.gathered(model):   # data parallel: each rank samples its share of the problems (rollout.evaluate)
+        report = evaluate(model, tokenizer, problems, template=template, k=args.eval_k,
+                          temperature=args.eval_temperature, top_p=args.eval_top_p,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed, decode_mode=args.decode_mode)
+    examples = report.pop("examples")
+    if fsdp.is_main():
+        with open(out / f"samples_step{step:05d}.jsonl", "w") as f:
+            for ex in examples:
+                f.write(json.dumps(ex) + "\n")
     log.log(step=step, **{f"eval/{k}": v for k, v in report.items()}, **{"eval/seconds": time.time() - t0})
     return report
 
@@ -321,7 +338,11 @@ def main(argv=None):
     args = get_args(argv)                        # every flag (GRPOConfig's checks too) before anything is loaded
     cfg, template = grpo_config(args), get_template(args.template)
     seed_everything(args.seed)
-    device = pick_device(args.device)
+    device = fsdp.init_distributed(args.device)   # torchrun: join the process group; one process: just the device
+    if args.prompts_per_step % world_size() or (args.dynamic_sampling and world_size() > 1):
+        # every rank must run the same number of forward/backward passes (FSDP's collectives)
+        raise SystemExit(f"{world_size()} ranks need --prompts-per-step divisible by {world_size()} "
+                         "(and no --dynamic-sampling, not data-parallel yet)")
     out, t_start = Path(args.out), time.time()
 
     base = Path(args.base)
@@ -344,14 +365,24 @@ def main(argv=None):
     if args.beta > 0:  # the frozen reference: the base model itself
         ref = copy.deepcopy(policy) if not resuming else checkpoint.load(base, device=device)[0]
         ref.eval().requires_grad_(False)
-    optimizer = make_optimizer(policy, args.lr, args.weight_decay)
+    if world_size() > 1:   # FSDP: each rank keeps its shards of the policy (the reference stays whole on each rank)
+        fsdp.shard_model(policy, mixed_precision=device.type == "cuda")
+    optimizer = make_optimizer(policy, args.lr, args.weight_decay)   # after sharding, before any forward
     reward_fn = rule_rewards({"accuracy": args.accuracy_weight, "format": args.format_weight}, template)
     train_batch, eval_problems = problem_source(args, tokenizer, template, policy.cfg.max_seq_len)
 
     start, report = 0, None
     if resuming:
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        if world_size() > 1 or state is None:   # saved by a data-parallel run: model, optimizer, each rank's RNG
+            info = fsdp.load_sharded(out / "checkpoint-sharded", policy, optimizer)
+            if info["step"] != checkpoint.read_extra(ckpt).get("step"):
+                raise SystemExit(f"{ckpt} is not the sharded state's step {info['step']}: it was saved by a single "
+                                 "process (resume it with one) or replaced by hand")
+            state = {"step": info["step"], "rng": (info["rank_state"] or {}).get("rng")}
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+        if state["rng"] is not None:            # (None: a sharded checkpoint of another world size)
+            set_rng_state(state["rng"])
         start = state["step"]
         print0(f"resumed from {ckpt} at step {start}")
         if start >= args.steps and (out / "summary.json").exists():
@@ -360,21 +391,28 @@ def main(argv=None):
     log = JsonlLogger(out / "metrics.jsonl", resume_step=start if resuming else None)  # one row per step
     if start == 0:
         base_report = run_eval(policy, tokenizer, template, eval_problems, args, 0, out, log)
-        (out / "base_eval.json").write_text(json.dumps(base_report, indent=2))
+        if fsdp.is_main():
+            (out / "base_eval.json").write_text(json.dumps(base_report, indent=2))
         print0("base: " + json.dumps(base_report))
 
     def save(done):
+        if world_size() > 1:   # data parallel: the sharded state for --resume, the full weights for sampling
+            fsdp.save_sharded(out / "checkpoint-sharded", policy, optimizer, step=done, rank_state={"rng": rng_state()})
+            checkpoint.save(ckpt, policy, tokenizer=tokenizer, extra={"template": template.name, "step": done})
+            return
         keep_previous(ckpt)        # so the divergence guard can fall back if this save lands after a collapse
         checkpoint.save(ckpt, policy, tokenizer=tokenizer, extra={"template": template.name, "step": done},
                         train_state={"optimizer": optimizer.state_dict(), "step": done, "rng": rng_state()})
 
     guard, saved = DivergenceGuard(patience=max(1, args.guard_patience)), start
     with interrupt_handler() as stop:
-        for step in (bar := tqdm(range(start, args.steps), desc="R1-Zero", initial=start, total=args.steps)):
+        for step in (bar := tqdm(range(start, args.steps), desc="R1-Zero", initial=start, total=args.steps,
+                                 disable=not fsdp.is_main())):
             set_lr(optimizer, lr_at(step, max_lr=args.lr, warmup=args.warmup, total=args.steps, min_lr_ratio=1.0))
             problems = train_batch(step, args.prompts_per_step)
-            metrics = rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg,
-                              seed=args.seed * 100_003 + step, ref=ref,
+            lo, hi = fsdp.share(len(problems))   # data parallel: this rank's questions, from index lo of the step
+            metrics = rl_step(policy, optimizer, tokenizer, template, problems[lo:hi], reward_fn, cfg,
+                              seed=args.seed * 100_003 + step, ref=ref, first_index=lo,
                               refill=lambda n, s=step: train_batch(s, n, salt=1))
             done = step + 1
             log.log(step=done, **metrics)
@@ -390,7 +428,8 @@ def main(argv=None):
                 saved = done
             if done % args.eval_every == 0 or done == args.steps:
                 report = run_eval(policy, tokenizer, template, eval_problems, args, done, out, log)
-                tqdm.write(f"step {done}: " + json.dumps(report))
+                if fsdp.is_main():
+                    tqdm.write(f"step {done}: " + json.dumps(report))
             if stop.check() and done < args.steps:
                 if saved != done:
                     save(done)
@@ -404,7 +443,8 @@ def main(argv=None):
     if args.steps > 0:
         base_report = json.loads((out / "base_eval.json").read_text()) if (out / "base_eval.json").exists() else {}
         summary = {"base": base_report, "final": report, "minutes": (time.time() - t_start) / 60}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if fsdp.is_main():
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
         keys = ["pass@1", f"cons@{args.eval_k}", "format_rate", "mean_length", "reflection_rate"]
         print0(f"\n{'':10s}" + "".join(f"{k:>16s}" for k in keys))
         for name, rep in (("base", base_report), ("R1-Zero", report)):
@@ -412,7 +452,8 @@ def main(argv=None):
         print0(f"total {summary['minutes']:.1f} min; metrics in {out / 'metrics.jsonl'}")
         try:
             from plot import plot_run
-            plot_run(out)
+            if fsdp.is_main():
+                plot_run(out)
         except ImportError:
             pass
         return summary
@@ -421,6 +462,7 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
+        fsdp.shutdown()
     except (RunFolderError, FileNotFoundError, FileExistsError, JsonlFormatError) as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:   # a second Ctrl-C: quit at once (the first one saves, see interrupt_handler)

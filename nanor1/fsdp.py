@@ -73,6 +73,63 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group (at the end of a script; nothing in one process)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+# ---- data parallelism: each rank's share, gathering, metrics ----
+
+def share(n: int) -> tuple[int, int]:
+    """[lo, hi): this rank's contiguous part of n items (sizes differ by at most one; a rank may get none when
+    n < world size). The parts in rank order are the n items in order, so a global index is lo + local index."""
+    W, r = world_size(), rank()
+    return r * n // W, (r + 1) * n // W
+
+
+def all_gather_objects(obj) -> list:
+    """[rank 0's obj, rank 1's, ...] on every rank (pickled: small records, CPU tensors only); [obj] in one process."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def reduce_metrics(metrics: dict, *, weight: float = 1.0, weights: dict | None = None, sums=(), maxes=(),
+                   mins=()) -> dict:
+    """One rank's metrics -> the metrics of all ranks together, identical on every rank: a mean weighted by what
+    each rank's value averages over (`weight`, or weights[key]: rows, tokens), a sum for `sums`, max / min for
+    `maxes` / `mins`. One process: the metrics, unchanged. A collective: call it on every rank with the same keys."""
+    if not is_distributed():
+        return metrics
+    weights = {k: (weights or {}).get(k, weight) for k in metrics}
+    parts = all_gather_objects((metrics, weights))
+    out = {}
+    for k in metrics:
+        values = [m[k] for m, _ in parts]
+        if k in sums:
+            out[k] = sum(values)
+        elif k in maxes or k in mins:
+            out[k] = max(values) if k in maxes else min(values)
+        else:
+            total = sum(w[k] for _, w in parts)
+            out[k] = sum(w[k] * m[k] for m, w in parts) / total if total else sum(values) / len(values)
+    return out
+
+
+def token_share(mask: torch.Tensor) -> float | torch.Tensor:
+    """world size x this rank's share of the global batch's loss tokens (mask [B, T]): a rank's token-mean loss
+    times this is its part of the global token mean, as FSDP's gradient averaging over ranks expects (ranks' rows
+    hold different numbers of tokens). 1.0 in one process. (Exact for the LM loss; the MTP loss, which counts one
+    token fewer per row, and the balance losses are weighted by the same share.)"""
+    if not is_distributed():
+        return 1.0
+    n = mask.sum().to(torch.float64)
+    return (n * world_size() / all_reduce_sum(n.clone())).float()
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 1800) -> torch.device:
     """Join the process group torchrun describes (WORLD_SIZE > 1: nccl on CUDA, gloo otherwise) and return this
     rank's device (cuda:LOCAL_RANK under torchrun). A single process gets its device and no process group."""
@@ -237,9 +294,11 @@ def _reshard(model) -> None:
             m.reshard()
 
 
-def save_sharded(folder, model, optimizer=None, *, step: int, extra: dict | None = None) -> None:
+def save_sharded(folder, model, optimizer=None, *, step: int, extra: dict | None = None,
+                 rank_state: dict | None = None) -> None:
     """Every rank writes its shards of the model (and optimizer) state to folder, via a temporary folder renamed on
-    completion (so a crash leaves the previous checkpoint). Call on all ranks; needs a filesystem they all see."""
+    completion (so a crash leaves the previous checkpoint). rank_state: this rank's own state (its RNG, for exact
+    resume), one torch.save file per rank. Call on all ranks; needs a filesystem they all see."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
     folder = Path(folder).absolute()
@@ -248,6 +307,9 @@ def save_sharded(folder, model, optimizer=None, *, step: int, extra: dict | None
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
     barrier()
+    if rank_state is not None:         # written before dcp.save, whose last step waits for every rank
+        tmp.mkdir(parents=True, exist_ok=True)
+        torch.save(rank_state, tmp / f"rank{rank()}.pt")
     _reshard(model)
     state = {"model": get_model_state_dict(model)}
     if optimizer is not None:
@@ -265,7 +327,8 @@ def save_sharded(folder, model, optimizer=None, *, step: int, extra: dict | None
 
 def load_sharded(folder, model, optimizer=None) -> dict:
     """Load a save_sharded checkpoint into model (and optimizer), at any world size, sharded or not.
-    Returns {"step", "extra", "world_size"} as saved."""
+    Returns {"step", "extra", "world_size"} as saved, and "rank_state": this rank's saved rank_state when the
+    world size is the one saved (None otherwise: per-rank state does not carry over to another world size)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
@@ -281,7 +344,10 @@ def load_sharded(folder, model, optimizer=None) -> dict:
     set_model_state_dict(model, state["model"])
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, state["optim"])
-    return {k: meta[k] for k in ("step", "extra", "world_size")}
+    own = folder / f"rank{rank()}.pt"
+    same = meta["world_size"] == world_size() and own.is_file()
+    return {**{k: meta[k] for k in ("step", "extra", "world_size")},
+            "rank_state": torch.load(own, weights_only=False) if same else None}
 
 
 def export_full(src, dst) -> None:

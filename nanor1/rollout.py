@@ -26,6 +26,7 @@ from functools import partial
 
 import torch
 
+from nanor1.fsdp import all_gather_objects, share, world_size
 from nanor1.grpo import filter_groups
 from nanor1.rewards import compute_rewards, grade_answer
 from nanor1.sampler import Generation, SamplingParams, generate
@@ -94,19 +95,21 @@ class Rollouts:
 @torch.no_grad()
 def rollout(model, tokenizer, problems, *, template, params: SamplingParams, group_size: int = 1, reward_fn=None,
             seed: int | None = None, prefix: list[str] | None = None, record_routing: bool = False,
-            decode_mode: str = "eager") -> Rollouts:
+            decode_mode: str = "eager", first_index: int = 0) -> Rollouts:
     """Sample group_size completions for each problem and score them.
 
     params: the sampling distribution and length; the template's stops are added to it. reward_fn(texts, problems)
     returns (totals, components); None scores nothing (rewards 0). prefix: optional forced start of each completion
     (one string per problem, e.g. " <think> 3 + 7 = 10"); it is part of the prompt for the sampler and of the text
     for the rewards. seed: one stream per problem (seed * 1_000_003 + i), so a problem's samples do not depend on
-    its batch. decode_mode: the sampler's decode step ("eager", "static", "cuda_graph"; see sampler.py).
+    its batch; i counts from first_index (data parallel: the global index of this rank's first problem, so samples
+    do not depend on the number of ranks either). decode_mode: the sampler's decode step ("eager", "static",
+    "cuda_graph"; see sampler.py).
     """
     prompts = [prompt_ids(tokenizer, template, p.question) for p in problems]
     if prefix is not None:
         prompts = [ids + tokenizer.encode(pre) for ids, pre in zip(prompts, prefix)]
-    seeds = None if seed is None else [seed * 1_000_003 + i for i in range(len(problems))]
+    seeds = None if seed is None else [seed * 1_000_003 + first_index + i for i in range(len(problems))]
     gen = generate(model, prompts, replace(params, **stops(tokenizer, template)), group_size=group_size, seed=seeds,
                    decode=tokenizer.decode, record_routing=record_routing, decode_mode=decode_mode)
     texts = [tokenizer.decode(ids, skip_special=True) for ids in gen.completions()]
@@ -159,10 +162,19 @@ def behaviour_stats(ro: Rollouts) -> dict:
 
 def evaluate(model, tokenizer, problems, *, template, k: int = 8, temperature: float = 0.6, top_p: float = 0.95,
              max_new_tokens: int = 256, seed: int = 0, n_examples: int = 4, decode_mode: str = "eager") -> dict:
-    """pass@1 (mean over k samples), pass@k, cons@k, format rate and behaviour stats on held-out problems."""
-    ro = rollout(model, tokenizer, problems, template=template, group_size=k, seed=seed, decode_mode=decode_mode,
+    """pass@1 (mean over k samples), pass@k, cons@k, format rate and behaviour stats on held-out problems.
+    Data parallel (torchrun): each rank samples its share of the problems (under fsdp.gathered for a sharded model)
+    and every rank scores them all; the numbers do not depend on the number of ranks."""
+    lo, hi = share(len(problems))
+    ro = rollout(model, tokenizer, problems[lo:hi], template=template, group_size=k, seed=seed, first_index=lo,
+                 decode_mode=decode_mode,
                  params=SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p),
-                 reward_fn=rule_rewards({"accuracy": 1.0, "format": 1.0}, template))
+                 reward_fn=rule_rewards({"accuracy": 1.0, "format": 1.0}, template)) if hi > lo else None
+    if world_size() > 1:   # every rank's groups, in problem order (generation tensors on the CPU for the trip)
+        gen = None if ro is None else replace(ro.gen, tokens=ro.gen.tokens.cpu(), logprobs=ro.gen.logprobs.cpu(),
+                                              mask=ro.gen.mask.cpu(), routing=None)
+        parts = all_gather_objects(None if ro is None else replace(ro, gen=gen))
+        ro = Rollouts.cat([part for part in parts if part is not None])
     correct = [[c > 0.5 for c in ro.components["accuracy"][i * k:(i + 1) * k]] for i in range(len(problems))]
     cons = 0.0
     for i, problem in enumerate(problems):

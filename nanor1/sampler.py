@@ -640,6 +640,11 @@ def group_token_logprobs(model, batch: Batch, temperature: float = 1.0, with_ent
         comp_routing = [r[:, P:] for r in batch.routing]                      # [N, T - 1, K]
     if U == N:  # nothing shared: one forward is cheaper than two
         return token_logprobs(model, batch, temperature, with_entropy)
+    from torch.distributed.fsdp import FSDPModule
+    if isinstance(model, FSDPModule) and torch.is_grad_enabled():
+        # FSDP2 passes a block's inputs that carry gradients (the prompt's cache here) through an autograd function
+        # whose outputs are views that cannot be written in place: the completion pass could not extend the cache
+        return token_logprobs(model, batch, temperature, with_entropy)
 
     # the prompt pass: U rows, P columns, into a fresh cache; only its last column's logits are needed
     cache = model.new_cache(U, P + T - 1)

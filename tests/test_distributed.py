@@ -1,0 +1,197 @@
+"""The stage scripts under torch.distributed on CPU (gloo, 127.0.0.1) against one process on the same global batch.
+
+One spawn of two ranks does the in-process checks (a GRPO step, rollout.evaluate, evaluate.py, the pretraining loss
+weighting); one test runs train_zero.py as two torchrun "nodes" joined by a c10d rendezvous, as a cluster would."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import evaluate as evaluate_py
+from nanor1 import checkpoint, fsdp
+from nanor1.grpo import GRPOConfig
+from nanor1.model import Transformer, get_config
+from nanor1.rollout import evaluate
+from nanor1.sft import sft_loss
+from nanor1.tasks import make_task
+from nanor1.templates import get_template
+from nanor1.tokenizer import train_bpe
+from nanor1.training import make_optimizer
+import train_zero
+from train_zero import rl_step
+
+ZERO = get_template("r1-zero")
+WORLD = 2
+PROBLEMS = make_task("arithmetic", n_terms=3).sample("train", 4, seed=0)      # 2 questions per rank
+CFG = GRPOConfig(group_size=4, max_new_tokens=10, micro_batch=8)              # 2 micro-batches per rank
+LR, SEED = 1e-3, 7
+EVAL = dict(template=ZERO, k=2, max_new_tokens=8, seed=3)
+
+
+def digit_share(texts, problems):
+    """A deterministic reward with variance within groups."""
+    values = [sum(c.isdigit() for c in t) / max(len(t), 1) for t in texts]
+    return values, {"digits": values}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    task = make_task("arithmetic", n_terms=3)
+    texts = [ZERO.prompt(p.question) + ZERO.response("\n".join(task.worked_solution(p)), p.answer)
+             for p in task.sample("train", 300, seed=0)]
+    tok = train_bpe(texts, vocab_size=300)
+    torch.manual_seed(0)
+    model = Transformer(get_config("tiny", vocab_size=tok.vocab_size, dim=64, n_layers=2, kv_lora_rank=32,
+                                   inter_dim=128, moe_inter_dim=32, max_seq_len=256))
+    path = tmp_path_factory.mktemp("base") / "base"
+    checkpoint.save(path, model, tokenizer=tok)
+    return path
+
+
+def eval_argv(base, out):
+    return [str(base), "--problems", "5", "--k", "2", "--max-new-tokens", "8", "--shard-size", "2", "--n-boot", "50",
+            "--device", "cpu", "--out", str(out)]
+
+
+def zero_argv(base, out, *extra):
+    return ["--base", str(base), "--out", str(out), "--task-kwargs", '{"n_terms": 3}', "--prompts-per-step", "2",
+            "--group-size", "4", "--max-new-tokens", "8", "--eval-every", "100", "--eval-problems", "2",
+            "--eval-k", "2", "--save-every", "1", "--device", "cpu", *extra]
+
+
+def pretrain_batch():
+    """Four documents of different lengths (rows with different token counts on each rank)."""
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randint(1, 300, (4, 20), generator=g)
+    mask = torch.arange(20) < torch.tensor([[20], [7], [12], [16]])              # [4, 20] right-padded
+    return tokens, mask
+
+
+def _worker(rank, port, base, tmp):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    fsdp.init_distributed("cpu", timeout_s=120)
+    try:
+        out = {}
+        policy, tok, _ = checkpoint.load(base)
+        fsdp.shard_model(policy, mixed_precision=False)
+        optimizer = make_optimizer(policy, LR, 0.0)
+        lo, hi = fsdp.share(len(PROBLEMS))
+        out["metrics"] = rl_step(policy, optimizer, tok, ZERO, PROBLEMS[lo:hi], digit_share, CFG, seed=SEED,
+                                 first_index=lo)
+        out["stepped"] = {k: v.full_tensor() if hasattr(v, "full_tensor") else v
+                          for k, v in policy.state_dict().items()}
+        with fsdp.gathered(policy):
+            out["eval"] = evaluate(policy, tok, PROBLEMS, **EVAL)
+        evaluate_py.main(eval_argv(base, os.path.join(tmp, "eval2")))
+        # pretraining's loss weighting: rows with different token counts on each rank
+        model, _, _ = checkpoint.load(base)
+        fsdp.shard_model(model, mixed_precision=False)
+        tokens, mask = (t[rank * 2:rank * 2 + 2] for t in pretrain_batch())
+        loss, _ = sft_loss(model.train(), tokens, mask)
+        (loss * fsdp.token_share(mask[:, 1:])).backward()
+        out["pretrain_grads"] = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+        # train_zero.py: one step, then --resume for a second (sharded checkpoint, each rank's RNG)
+        train_zero.main(zero_argv(base, os.path.join(tmp, "resumed"), "--steps", "1"))
+        train_zero.main(zero_argv(base, os.path.join(tmp, "resumed"), "--steps", "2", "--resume"))
+        torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def spawned(base, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    mp.spawn(_worker, args=(free_port(), str(base), str(tmp)), nprocs=WORLD, join=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    torch.set_num_threads(threads)
+
+
+def test_grpo_step_at_world_size_2_equals_one_process(base, spawned):
+    _, outs = spawned
+    policy, tok, _ = checkpoint.load(base)
+    optimizer = make_optimizer(policy, LR, 0.0)
+    single = rl_step(policy, optimizer, tok, ZERO, PROBLEMS, digit_share, CFG, seed=SEED)
+    dist = outs[0]["metrics"]
+    assert dist == outs[1]["metrics"]                                    # every rank logs the same numbers
+    assert dist.keys() == single.keys()
+    for key in ("reward", "mean_length", "reward/digits", "zero_variance_groups", "sampled_groups", "loss",
+                "entropy", "ratio_mean", "clip_frac", "grad_norm", "ratio_min", "ratio_max", "logp_diff"):
+        assert dist[key] == pytest.approx(single[key], abs=1e-5), key
+    assert single["zero_variance_groups"] < 1 and single["grad_norm"] > 0   # a step that really moved
+    state = policy.state_dict()
+    for name, value in outs[0]["stepped"].items():
+        torch.testing.assert_close(value, state[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_evaluation_at_world_size_2_equals_one_process(base, spawned, tmp_path):
+    tmp, outs = spawned
+    policy, tok, _ = checkpoint.load(base)
+    torch.manual_seed(0)                     # rl_step moved the weights in the workers: evaluate the stepped ones
+    policy.load_state_dict(outs[0]["stepped"])
+    single = evaluate(policy, tok, PROBLEMS, **EVAL)
+    assert outs[0]["eval"] == outs[1]["eval"] == single
+    # evaluate.py: rank 0 scored once both ranks' shard files existed (3 shards: 2 on rank 0, 1 on rank 1)
+    two = json.loads((tmp / "eval2" / "results.json").read_text())
+    one = evaluate_py.main(eval_argv(base, tmp_path / "eval1"))
+    assert two["models"][0]["metrics"] == one["models"][0]["metrics"]
+    assert two["models"][0]["pass_at_k"] == one["models"][0]["pass_at_k"]
+    assert len(list((tmp / "eval2").glob("*/samples-*.jsonl"))) == 3
+
+
+def test_pretraining_loss_weighting_gives_the_full_batch_gradient(base, spawned):
+    _, outs = spawned
+    model, _, _ = checkpoint.load(base)
+    loss, _ = sft_loss(model.train(), *pretrain_batch())
+    loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(outs[0]["pretrain_grads"][name], p.grad, atol=1e-7, rtol=1e-4, msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")   # DCP loading in one process: intended
+def test_train_zero_on_two_nodes_resumes_exactly(base, spawned, tmp_path):
+    """Two torchrun launchers (one per "node", one rank each) meet at a c10d rendezvous on 127.0.0.1 and run two
+    R1-Zero steps; the spawned ranks ran one step and then resumed for the second: the same step 2, the same weights."""
+    tmp, _ = spawned
+    port, out = free_port(), tmp_path / "zero"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                               f"127.0.0.1:{port}", "--rdzv-id", "zero", "train_zero.py",
+                               *zero_argv(base, out, "--steps", "2")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)[-4000:]
+
+    def steps(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not k.startswith("time/") and "per_s" not in k}
+                for r in rows if "reward" in r]
+    straight, resumed = steps(out), steps(tmp / "resumed")
+    assert [r["step"] for r in straight] == [r["step"] for r in resumed] == [1, 2]   # one row per step
+    for key in straight[1]:
+        assert resumed[1][key] == pytest.approx(straight[1][key], rel=1e-6, abs=1e-7), key
+    model, _, _ = checkpoint.load(out / "checkpoint")                    # the single-process format, for sampling
+    again, _, _ = checkpoint.load(tmp / "resumed" / "checkpoint")
+    assert checkpoint.read_extra(out / "checkpoint")["step"] == 2
+    plain = Transformer(model.cfg)
+    info = fsdp.load_sharded(out / "checkpoint-sharded", plain)          # the sharded state, at world size 1
+    assert info["step"] == 2 and info["world_size"] == 2
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, plain.state_dict()[k]), k
+        torch.testing.assert_close(again.state_dict()[k], v, atol=1e-6, rtol=0, msg=k)
+    assert json.loads((out / "summary.json").read_text())["final"]["pass@1"] >= 0
