@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nanor1.model import Transformer, get_config  # noqa: E402
-from nanor1.sampler import attention_kernels, generate, kv_bytes_per_token, left_pad, sample  # noqa: E402
+from nanor1.sampler import (SamplingParams, attention_kernels, generate, kv_bytes_per_token, left_pad,  # noqa: E402
+                            sample)
 
 # the presets benchmarked besides those of model.py: the two attention/FFN families at tiny size, where a CPU step is
 # all overhead, and at ~30M parameters ("mini"), where the arithmetic a cache saves starts to show on a CPU
@@ -36,6 +37,13 @@ MODELS = {"tiny": ("tiny", {}), "tiny-gqa": ("tiny", dict(attn="gqa", n_routed_e
           "mini": ("tiny", MINI | dict(kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
                                        n_routed_experts=16, n_activated_experts=4, moe_inter_dim=256)),
           "mini-gqa": ("tiny", MINI | dict(attn="gqa", n_routed_experts=0, n_kv_heads=2, head_dim=64))}
+def run(model, prompts, *, max_new_tokens, temperature=1.0, eos_id=(), **kw):
+    """generate() with its sampling settings as keywords (random sampling at `temperature`, stops at eos_id)."""
+    eos = (eos_id,) if isinstance(eos_id, int) else tuple(eos_id)
+    return generate(model, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                   stop_ids=eos), **kw)
+
+
 # decode modes (generate() arguments); "cached" is the eager reference
 MODES = {"cached": dict(), "static": dict(decode_mode="static"), "compiled": dict(compile=True),
          "graph": dict(decode_mode="cuda_graph"), "graph+compile": dict(decode_mode="cuda_graph", compile=True)}
@@ -149,9 +157,9 @@ def bench_model(name, args, device, dtype) -> list[dict]:
             try:
                 kw = dict(temperature=1.0, seed=0) | MODES[mode]
                 for n in (1, min(8, args.new_tokens)):                                     # warm-up (and compile)
-                    generate(model, ps, max_new_tokens=n, **kw)
-                t_prefill = timed(lambda: generate(model, ps, max_new_tokens=1, **kw), device)
-                total = timed(lambda: generate(model, ps, max_new_tokens=args.new_tokens, **kw), device)
+                    run(model, ps, max_new_tokens=n, **kw)
+                t_prefill = timed(lambda: run(model, ps, max_new_tokens=1, **kw), device)
+                total = timed(lambda: run(model, ps, max_new_tokens=args.new_tokens, **kw), device)
                 row(mode, B, args.prompt_len, args.new_tokens, total, total - t_prefill)
             except torch.OutOfMemoryError:
                 print(f"{name} batch {B}: out of memory, skipped")
@@ -159,9 +167,9 @@ def bench_model(name, args, device, dtype) -> list[dict]:
     for B in args.recompute_batches:  # cached vs recompute at the same (usually longer) generation length
         ps, T = prompts(B, args.prompt_len), args.recompute_new_tokens
         kw = dict(temperature=1.0, seed=0) | MODES[args.modes[-1]]  # the fastest mode asked for
-        generate(model, ps, max_new_tokens=4, **kw)
+        run(model, ps, max_new_tokens=4, **kw)
         generate_recompute(model, ps, 4)
-        cached = row(args.modes[-1], B, args.prompt_len, T, timed(lambda: generate(model, ps, max_new_tokens=T, **kw),
+        cached = row(args.modes[-1], B, args.prompt_len, T, timed(lambda: run(model, ps, max_new_tokens=T, **kw),
                                                              device))
         rec = row("recompute", B, args.prompt_len, T, timed(lambda: generate_recompute(model, ps, T), device))
         cached["speedup_vs_recompute"] = rec["total_s"] / cached["total_s"]
@@ -171,9 +179,9 @@ def bench_model(name, args, device, dtype) -> list[dict]:
         ps, times = prompts(B, args.prompt_len), {}
         for compact in (False, True):
             kw = dict(temperature=1.0, seed=0, eos_id=eos, compact=compact) | MODES[args.modes[-1]]
-            generate(model, ps, max_new_tokens=8, **kw)
+            run(model, ps, max_new_tokens=8, **kw)
             out = {}
-            total = timed(lambda: out.setdefault("ro", generate(model, ps, max_new_tokens=T, **kw)), device)
+            total = timed(lambda: out.setdefault("ro", run(model, ps, max_new_tokens=T, **kw)), device)
             lengths = out["ro"].mask.sum(1)
             r = dict(model=name, device=device.type, dtype=str(dtype).replace("torch.", ""), batch=B,
                      prompt=args.prompt_len, new=T, total_s=total, gen_tok_s=int(lengths.sum()) / total,

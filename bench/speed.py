@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nanor1.model as M  # noqa: E402
-from nanor1.sampler import generate, group_token_logprobs, pack, token_logprobs  # noqa: E402
+from nanor1.sampler import SamplingParams, generate, group_token_logprobs, pack, token_logprobs  # noqa: E402
 from nanor1.training import make_optimizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -128,7 +128,7 @@ def bench_decode(name, args) -> dict:
         def run(new, ps=ps, G=G):
             def fn():
                 paths(new)
-                generate(model, ps, max_new_tokens=args.new_tokens, group_size=G, seed=0)
+                generate(model, ps, SamplingParams(max_new_tokens=args.new_tokens), group_size=G, seed=0)
             return fn
         t = alternate({"old": run(False), "new": run(True)}, args.repeats)
         out[label] = {k: len(ps) * G * args.new_tokens / v for k, v in t.items()}  # tokens/s

@@ -15,12 +15,11 @@ import torch.multiprocessing as mp
 import evaluate as evaluate_py
 from nanor1 import checkpoint, fsdp
 from nanor1.grpo import GRPOConfig
-from nanor1.model import Transformer, get_config
+from nanor1.model import Transformer
 from nanor1.rollout import evaluate
 from nanor1.sft import sft_loss
 from nanor1.tasks import make_task
 from nanor1.templates import get_template
-from nanor1.tokenizer import train_bpe
 from nanor1.training import make_optimizer
 import train_zero
 from train_zero import rl_step
@@ -43,20 +42,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    task = make_task("arithmetic", n_terms=3)
-    texts = [ZERO.prompt(p.question) + ZERO.response("\n".join(task.worked_solution(p)), p.answer)
-             for p in task.sample("train", 300, seed=0)]
-    tok = train_bpe(texts, vocab_size=300)
-    torch.manual_seed(0)
-    model = Transformer(get_config("tiny", vocab_size=tok.vocab_size, dim=64, n_layers=2, kv_lora_rank=32,
-                                   inter_dim=128, moe_inter_dim=32, max_seq_len=256))
-    path = tmp_path_factory.mktemp("base") / "base"
-    checkpoint.save(path, model, tokenizer=tok)
-    return path
 
 
 def eval_argv(base, out):

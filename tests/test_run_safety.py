@@ -11,28 +11,11 @@ import torch
 
 import train_zero
 from nanor1 import checkpoint
-from nanor1.model import Transformer, get_config
-from nanor1.tasks import make_task
 from nanor1.templates import get_template
-from nanor1.tokenizer import train_bpe
 from nanor1.training import RunFolderError
 
 torch.set_num_threads(1)
 ZERO = get_template("r1-zero")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    task = make_task("arithmetic", n_terms=3)
-    texts = [ZERO.prompt(p.question) + ZERO.response("\n".join(task.worked_solution(p)), p.answer)
-             for p in task.sample("train", 300, seed=0)]
-    tok = train_bpe(texts, vocab_size=300)
-    torch.manual_seed(0)
-    model = Transformer(get_config("tiny", vocab_size=tok.vocab_size, dim=64, n_layers=2, kv_lora_rank=32,
-                                   inter_dim=128, moe_inter_dim=32, max_seq_len=512))
-    path = tmp_path_factory.mktemp("base") / "base"
-    checkpoint.save(path, model, tokenizer=tok)
-    return path
 
 
 def run(base, out, *extra):
