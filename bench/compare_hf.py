@@ -19,7 +19,8 @@ decode: greedy generate() of --new-tokens tokens per row, no EOS on either side 
 GRPO: one step of 4 prompts x G 8 x 64 tokens (sampling at temperature 1, no EOS), beta 0.04 (a frozen reference
   model), one optimizer step over the 32 rows: nanor1's train_zero.rl_step against TRL's GRPOTrainer
   (generation_batch_size 32 = per_device_train_batch_size 32, num_generations 8, max_completion_length 64 with
-  min_new_tokens 64, steps_per_generation 1, num_iterations 1, loss "dapo" = nanor1's token-mean, no vLLM).
+  min_new_tokens 64, steps_per_generation 1, num_iterations 1, loss "dapo" = nanor1's token-mean, no vLLM, and
+  gradient_checkpointing off: TRL turns it on by default, nanor1 does not recompute activations).
   The steps interleave: a TRL callback runs one nanor1 step after each TRL step; the first of each is a warm-up.
   The reward is a trivial function of the text (same on both sides); prompts are the arithmetic task's, in the
   R1-Zero template. nanor1 samples with the seed of the step; TRL with its own.
@@ -206,7 +207,8 @@ def bench_grpo(folder: Path, tok, args) -> dict:
         num_generations=G, max_completion_length=T, generation_kwargs={"min_new_tokens": T}, temperature=1.0,
         beta=0.04, num_iterations=1, loss_type="dapo", learning_rate=1e-6, max_steps=args.grpo_steps + 1,
         gradient_accumulation_steps=1, logging_steps=10 ** 6, save_strategy="no", report_to="none", use_cpu=True,
-        bf16=False, fp16=False, shuffle_dataset=False, dataloader_num_workers=0, disable_dropout=True, seed=0)
+        bf16=False, fp16=False, gradient_checkpointing=False, shuffle_dataset=False, dataloader_num_workers=0,
+        disable_dropout=True, seed=0)
     times = {"nanor1": [], "TRL": [], "nanor1 parts": []}
 
     class Interleave(TrainerCallback):
@@ -271,7 +273,8 @@ def main():
             print("| --- | --- | --- | --- | --- | --- | --- |")
             for B, same, plain_same, tps, ops in rows:
                 cell = lambda k: f"{tps[k][0]:,.0f} \\| {tps[k][1]:,.0f}"  # noqa: E731
-                ratio = f"{tps['nanor1'][0] / tps['HF generate'][0]:.2f}x, {tps['nanor1'][1] / tps['HF generate'][1]:.2f}x"
+                ratio = (f"{tps['nanor1'][0] / tps['HF generate'][0]:.2f}x, "
+                         f"{tps['nanor1'][1] / tps['HF generate'][1]:.2f}x")
                 print(f"| {B} | {same}, {plain_same} | {cell('HF generate')} | {cell('nanor1 plain')} | "
                       f"{cell('nanor1')} | {ratio} | {ops['HF generate']:.0f}, {ops['nanor1 plain']:.0f}, "
                       f"{ops['nanor1']:.0f} |")
