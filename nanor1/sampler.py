@@ -48,6 +48,8 @@ the weights and the cache. decode_mode picks the step:
   Nothing in the step depends on the host, so it can be captured. Tests check it equals "eager" on CPU.
 - "cuda_graph": the static step recorded as a CUDA graph (once per generate() call, and again after each
   compaction, which changes the batch shape) and replayed: one launch per step.
+In every mode, GQA layers project q, k and v with one matmul over weights concatenated once per generate() call
+(model.fused_qkv; off with model.FAST_PATHS = False).
 compile=True runs the model's step through torch.compile (dynamic shapes for "eager", fixed for the others).
 Generation runs with every SDPA kernel but cuDNN's (attention_kernels: cuDNN plans anew for each key length).
 
