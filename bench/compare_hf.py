@@ -4,6 +4,7 @@ nanor1 against HF transformers' generate and TRL's GRPOTrainer, measured side by
     /work/refvenv/bin/python bench/compare_hf.py                 # decode (batch 1, 8, 32) + one GRPO step, ~10 min
     /work/refvenv/bin/python bench/compare_hf.py --skip-grpo     # decode only
     /work/refvenv/bin/python bench/compare_hf.py --skip-decode --grpo-steps 3
+    /work/refvenv/bin/python bench/compare_hf.py --skip-grpo --threads 1       # steadier on a machine others share
 
 A development benchmark: it needs `transformers` and `trl` (a separate virtual environment, never a dependency of
 nanor1 or its tests; without them it says so and exits 0). The model is the issue's Qwen2-shaped comparison: a
@@ -245,10 +246,14 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64, help="decode tokens per row")
     ap.add_argument("--repeats", type=int, default=5, help="timed decode repeats per side (median kept)")
     ap.add_argument("--grpo-steps", type=int, default=2, help="timed GRPO steps per side, after one warm-up step")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads for both sides (default: torch's); "
+                    "1 is steadier when other jobs share the machine")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--skip-grpo", action="store_true")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
     try:
         import trl
