@@ -27,6 +27,7 @@ C kv latent (kv_lora_rank), R rope dim, E routed experts, K experts per token, N
 import json
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -177,6 +178,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if FAST_PATHS and x.dtype == self.weight.dtype == torch.float32:  # the same arithmetic in one op
+            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
         # normalise in float32 (as the reference does), scale in the input dtype
         return F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x) * self.weight
 
@@ -210,12 +213,24 @@ def rope_tables(dim: int, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def apply_rope(x, cos, sin):
-    """Rotate interleaved pairs (x0,x1),(x2,x3)... of the last dim. x [B, T, H, R], cos/sin [B, T, R/2]."""
+    """Rotate interleaved pairs (x0,x1),(x2,x3)... of the last dim. x [B, T, H, R], cos/sin [B, T, R/2], or the
+    pair tables of rope_pairs [B, T, 1, R] (the fast path: fewer ops, the same numbers)."""
+    if cos.dim() == 4:  # (x0, x1) -> (x0 cos + x1 (-sin), x1 cos + x0 sin): each product and sum as below, exactly
+        xf = x.float()
+        swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)    # [B, T, H, R]: (x1, x0) in each pair
+        return (xf * cos + swapped * sin).type_as(x)
     xf = x.float().unflatten(-1, (-1, 2))                            # [B, T, H, R/2, 2]
     x0, x1 = xf[..., 0], xf[..., 1]                                  # [B, T, H, R/2]
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)                    # [B, T, 1, R/2]
     out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
     return out.flatten(-2).type_as(x)                                 # [B, T, H, R]
+
+
+def rope_pairs(cos, sin):
+    """cos, sin [B, T, R/2] -> [B, T, 1, R] tables for apply_rope's fast path: cos repeated in each pair, sin as
+    (-sin, +sin). Built once per forward, so each rotation is then two products and a sum."""
+    pair = lambda a, b: torch.stack([a, b], -1).flatten(-2).unsqueeze(2)  # noqa: E731
+    return pair(cos, cos), pair(-sin, sin)
 
 
 def attention_mask(key_mask, start, T: int):
@@ -226,6 +241,10 @@ def attention_mask(key_mask, start, T: int):
     S = key_mask.size(1) slots; the causal part hides the ones not written yet). A padding query would see no key at
     all (NaN softmax), so every query may always see its own slot; pad outputs are never read.
     """
+    if FAST_PATHS and T == 1 and not torch.is_tensor(start):  # decode: every slot up to the query's own is causal
+        mask = key_mask[:, :start + 1].clone()                           # [B, S]
+        mask[:, start] = True                                            # always see yourself
+        return mask[:, None, None, :]                                    # [B, 1, 1, S]
     S = key_mask.size(1) if torch.is_tensor(start) else start + T
     q_slot = start + torch.arange(T, device=key_mask.device)             # [T]
     k_slot = torch.arange(S, device=key_mask.device)                     # [S]
@@ -335,6 +354,7 @@ class GQA(nn.Module):
         self.wk = nn.Linear(cfg.dim, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.dim, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.wo = nn.Linear(self.n_heads * self.hd, cfg.dim, bias=False)
+        self.wqkv = None  # (weight, bias) of wq, wk, wv concatenated, while inside fused_qkv(); not a parameter
 
     def new_cache(self, B: int, S: int, dtype, device) -> dict:
         return {"k": torch.zeros(B, S, self.n_kv, self.hd, dtype=dtype, device=device),
@@ -342,9 +362,15 @@ class GQA(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache=None, start=0, absorb=False):
         B, T, _ = x.shape
-        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.hd), cos, sin)  # [B, T, H, Dh]
-        k = apply_rope(self.wk(x).view(B, T, self.n_kv, self.hd), cos, sin)     # [B, T, Hk, Dh]
-        v = self.wv(x).view(B, T, self.n_kv, self.hd)
+        if self.wqkv is not None and not torch.is_grad_enabled():  # one matmul, one rotation for q and k together
+            qkv = F.linear(x, *self.wqkv).view(B, T, self.n_heads + 2 * self.n_kv, self.hd)
+            qk = apply_rope(qkv[:, :, :self.n_heads + self.n_kv], cos, sin)      # [B, T, H + Hk, Dh]
+            q, k = qk.split([self.n_heads, self.n_kv], dim=2)
+            v = qkv[:, :, self.n_heads + self.n_kv:]
+        else:
+            q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.hd), cos, sin)  # [B, T, H, Dh]
+            k = apply_rope(self.wk(x).view(B, T, self.n_kv, self.hd), cos, sin)     # [B, T, Hk, Dh]
+            v = self.wv(x).view(B, T, self.n_kv, self.hd)
         if cache is not None:
             c = write_cache(cache, {"k": k, "v": v}, start)
             k, v = c["k"], c["v"]                                               # [B, S, Hk, Dh]
@@ -357,6 +383,27 @@ class GQA(nn.Module):
         out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)  # [B,Hk,rep*T,Dh]
         out = out.view(B, self.n_kv, rep, T, self.hd).permute(0, 3, 1, 2, 4)        # [B, T, Hk, rep, Dh]
         return self.wo(out.reshape(B, T, self.n_heads * self.hd))                   # [B, T, D]
+
+
+@contextmanager
+def fused_qkv(model):
+    """Inside this block, every GQA layer projects q, k and v with one matmul over their weights concatenated here,
+    once, and rotates q and k in one call (the sampler's decode: thousands of steps on fixed weights, where each op
+    costs more than its arithmetic). The parameters stay as they are (checkpoints, optimisers and FSDP see no
+    change); the copy is used only without autograd and is dropped on exit. Do not change the weights inside.
+    Weights that are not plain tensors (FSDP's sharded DTensors) are left unfused."""
+    attns = [m for m in model.modules() if isinstance(m, GQA)] if FAST_PATHS else []
+    try:
+        with torch.no_grad():
+            for a in attns:
+                ws = [a.wq.weight, a.wk.weight, a.wv.weight]
+                bs = [a.wq.bias, a.wk.bias, a.wv.bias]
+                if all(type(w.data) is torch.Tensor for w in ws):
+                    a.wqkv = (torch.cat(ws), None if bs[0] is None else torch.cat(bs))   # [(H + 2 Hk) Dh, D]
+        yield model
+    finally:
+        for a in attns:
+            a.wqkv = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -664,9 +711,10 @@ class Transformer(nn.Module):
         return ModelOutput(logits=logits, routing=chosen, hidden=x)
 
     def attention_inputs(self, pos, key_mask=None, cache=None, start=0):
-        """cos, sin [B, T, R/2] at positions pos [B, T], and the attention mask [B, 1, T, S] (True = attend) for
-        queries in slots start..start+T-1 (see attention_mask); None for plain causal attention (no cache, no
-        padding), which SDPA then runs with is_causal=True, without building or reading a mask."""
+        """cos, sin [B, T, R/2] at positions pos [B, T] (FAST_PATHS: rope_pairs' [B, T, 1, R] tables), and the
+        attention mask [B, 1, T, S] (True = attend) for queries in slots start..start+T-1 (see attention_mask); None
+        for plain causal attention (no cache, no padding), which SDPA then runs with is_causal=True, without building
+        or reading a mask."""
         B, T = pos.shape
         if key_mask is None and cache is None and start == 0:
             mask = None if FAST_PATHS else causal_mask(T, pos.device)
@@ -674,7 +722,8 @@ class Transformer(nn.Module):
             if key_mask is None:
                 key_mask = torch.ones(B, start + T, dtype=torch.bool, device=pos.device)
             mask = attention_mask(key_mask, start, T)                            # [B, 1, T, S]
-        return self.cos[pos], self.sin[pos], mask
+        cos, sin = self.cos[pos], self.sin[pos]                                 # [B, T, R/2]
+        return (*rope_pairs(cos, sin), mask) if FAST_PATHS else (cos, sin, mask)
 
     def mtp_logits(self, hidden, tokens, *, pos=None, key_mask=None):
         """Depth-1 MTP: logits [B, T-1, V] for token i+2 from the last hidden state i (a forward's .hidden [B, T, D])

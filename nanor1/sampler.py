@@ -48,6 +48,8 @@ the weights and the cache. decode_mode picks the step:
   Nothing in the step depends on the host, so it can be captured. Tests check it equals "eager" on CPU.
 - "cuda_graph": the static step recorded as a CUDA graph (once per generate() call, and again after each
   compaction, which changes the batch shape) and replayed: one launch per step.
+In every mode, GQA layers project q, k and v with one matmul over weights concatenated once per generate() call
+(model.fused_qkv; off with model.FAST_PATHS = False).
 compile=True runs the model's step through torch.compile (dynamic shapes for "eager", fixed for the others).
 Generation runs with every SDPA kernel but cuDNN's (attention_kernels: cuDNN plans anew for each key length).
 
@@ -59,6 +61,8 @@ from typing import Callable, Sequence
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from nanor1.model import fused_qkv
 
 PAD = 0                # written after a row stops; masked everywhere, so any valid id would do
 PREFILL_TOKENS = 2 ** 16  # prefill at most this many prompt tokens at once (bounds the activations' memory)
@@ -160,7 +164,7 @@ def sample(logits, u, *, temperature=1.0, top_k=0, top_p=1.0, greedy=False):
     top_k keeps the k most likely tokens; top_p then keeps the smallest prefix of those (renormalised) whose mass
     reaches top_p, as HF and vLLM do. The most likely token is always kept.
     """
-    logits = logits / temperature
+    logits = logits / temperature if temperature != 1 else logits            # x / 1 == x: skip the op
     lse = logits.logsumexp(-1, keepdim=True)                                  # [N, 1]
     if greedy:
         tok = logits.argmax(-1)
@@ -333,7 +337,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, *, group_s
     was_training = model.training
     model.eval()
     try:
-        with attention_kernels():
+        with attention_kernels(), fused_qkv(model):
             return _generate(model, prompts, params, eos=eos, stops=stops, G=group_size, seed=seed, record=record,
                              check_every=check_every, compact=compact, decode_mode=decode_mode, compile=compile)
     finally:

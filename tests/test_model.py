@@ -236,3 +236,38 @@ def test_rope_tables_stay_float32_when_the_model_is_cast():
     assert model.cos.dtype == model.sin.dtype == torch.float32 and model.embed.weight.dtype == torch.bfloat16
     torch.testing.assert_close(model.cos, make().cos, atol=0, rtol=0)
 
+
+
+def test_decode_fast_paths_equal_plain_exactly(monkeypatch):
+    """rope_pairs + apply_rope's pair path, RMSNorm in one op, and the T == 1 decode mask give the plain paths'
+    numbers exactly (same products and sums), so no sampled token can move."""
+    from nanor1.model import RMSNorm, apply_rope, attention_mask, rope_pairs
+    torch.manual_seed(0)
+    x, ang = torch.randn(3, 5, 4, 16), torch.rand(3, 5, 8) * 6
+    assert torch.equal(apply_rope(x, *rope_pairs(ang.cos(), ang.sin())), apply_rope(x, ang.cos(), ang.sin()))
+    norm = RMSNorm(16)
+    norm.weight.data.uniform_(0.5, 1.5)
+    fast = norm(x)
+    key_mask = torch.rand(3, 12) > 0.4
+    fast_mask = attention_mask(key_mask, 7, 1)
+    monkeypatch.setattr(nanor1_model, "FAST_PATHS", False)
+    assert torch.equal(fast, norm(x))
+    assert torch.equal(fast_mask, attention_mask(key_mask, 7, 1))
+
+
+def test_fused_qkv_equals_separate_projections():
+    """Inside fused_qkv, a no-grad GQA forward (one q/k/v matmul, one rotation) matches the separate projections;
+    with autograd on it uses the parameters (gradients reach wq, wk, wv); outside, the fused copy is gone."""
+    from nanor1.model import fused_qkv
+    model = make(**DENSE_GQA)
+    x = torch.randint(1, 512, (2, 9))
+    with torch.no_grad():
+        plain = model(x).logits
+        with fused_qkv(model):
+            assert all(b.attn.wqkv is not None for b in model.layers)
+            fused = model(x).logits
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    with fused_qkv(model):
+        model(x).logits.sum().backward()
+    assert model.layers[0].attn.wk.weight.grad is not None
+    assert all(b.attn.wqkv is None for b in model.layers)
