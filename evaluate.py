@@ -39,16 +39,10 @@ each with a whole copy of the model, and rank 0 scores once every shard file exi
 long evaluation never waits in a collective that could time out); the numbers do not depend on the number of ranks.
 --out must be on a filesystem every rank sees.
 """
-import os
-
-# OpenMP threads wait passively: with spinning (active) waits, any other job on a small machine cuts these runs'
-# speed 3-5x (bench/speed.py --omp); passive costs a little when the machine is quiet. Set before torch is imported;
-# OMP_WAIT_POLICY=ACTIVE in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path

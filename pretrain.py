@@ -28,13 +28,6 @@ Under torchrun (multi-node: dev/multinode.md) every rank builds the same corpus 
 FSDP-sharded, and each rank trains on its slice of every global batch of --batch-size documents: the same steps as
 one process, up to float rounding.
 """
-import os
-
-# OpenMP threads wait passively: with spinning (active) waits, any other job on a small machine cuts these runs'
-# speed 3-5x (bench/speed.py --omp); passive costs a little when the machine is quiet. Set before torch is imported;
-# OMP_WAIT_POLICY=ACTIVE in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import dataclasses
 import json
@@ -43,7 +36,6 @@ import random
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from nanor1 import checkpoint, fsdp

@@ -30,17 +30,11 @@ Under torchrun (see dev/multinode.md) the model is FSDP-sharded and each rank sa
 questions, whole groups, seeded by their global index: the same run at any number of ranks, up to float rounding
 (with --minibatches 1: minibatches are cut within each rank's rows).
 """
-import os
-
-# OpenMP threads wait passively: with spinning (active) waits, any other job on a small machine cuts these runs'
-# speed 3-5x (bench/speed.py --omp); passive costs a little when the machine is quiet. Set before torch is imported;
-# OMP_WAIT_POLICY=ACTIVE in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import copy
 import json
 import math
+import os
 import random
 import shutil
 import time
