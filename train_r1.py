@@ -54,7 +54,6 @@ import re
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from nanor1 import checkpoint, reward_model

@@ -2,7 +2,6 @@
 input (missing file, malformed line, unknown task, no tokenizer, unparseable golds), and the scoring of records."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
