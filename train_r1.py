@@ -38,7 +38,8 @@ Not yet: an HF base with a JSONL of math problems (--task-file), multi-GPU (sing
 Deviations from the paper (besides scale):
 - Cold-start "rewriting" is a rule (strip the R1-Zero tags, one step per line, add the summary), not human
   annotators or a model; readability is the rule in nanor1/rewards.py, so the filter is exact and reportable.
-- No KL term (beta 0) and token-mean loss aggregation in both RL stages, as train_zero.py's default.
+- No KL term (beta 0; --beta turns it on, to the stage's starting model) and token-mean loss aggregation in both RL
+  stages, as train_zero.py's defaults; the RL stages take all of train_zero.py's GRPO flags.
 - Stage 3 draws its general data from generated tasks with references, not DeepSeek-V3's SFT data; the mix is
   --general-share general examples (paper: ~200k of ~800k = 0.25); SFT runs --sft3-steps optimizer steps.
 - The reward models start from the stage-3 model (the paper's come from DeepSeek-V3's pipeline) and are trained on
@@ -57,7 +58,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nanor1 import checkpoint, reward_model
-from nanor1.grpo import LOSS_AGGS, GRPOConfig
 from nanor1.rewards import (compute_rewards, general_quality, grade_answer, is_readable, private_leak,
                             rejection_filter)
 from nanor1.rollout import rollout
@@ -70,7 +70,7 @@ from nanor1.tokenizer import Tokenizer
 from nanor1.training import (JsonlLogger, autocast, clip_grad, json_dict, lr_at, make_optimizer, nonnegative_float,
                              nonnegative_int, pick_device, positive_float, positive_int, print0, fraction,
                              rng_state, seed_everything, set_lr, set_rng_state)
-from train_zero import rl_step
+from train_zero import add_grpo_args, grpo_config, rl_step
 
 R1, ZERO = get_template("r1"), get_template("r1-zero")
 STAGES = (1, 2, 3, 4)
@@ -92,7 +92,6 @@ def get_args(argv=None):
     # task
     p.add_argument("--task", default="arithmetic-bilingual", choices=sorted(TASKS), help="reasoning task")
     p.add_argument("--task-kwargs", default='{"n_terms": 5}', type=json_dict, help="JSON dict of task options")
-    p.add_argument("--max-new-tokens", type=positive_int, default=160, help="completion length limit")
     # stage 1: cold start
     p.add_argument("--cold-prompts", type=positive_int, default=512, help="training questions sampled from R1-Zero")
     p.add_argument("--cold-k", type=positive_int, default=4, help="R1-Zero samples per question")
@@ -106,17 +105,11 @@ def get_args(argv=None):
     # RL (stages 2 and 4)
     p.add_argument("--rl-steps", type=nonnegative_int, default=30, help="stage-2 GRPO steps")
     p.add_argument("--rl4-steps", type=nonnegative_int, default=20, help="stage-4 GRPO steps")
-    p.add_argument("--prompts-per-step", type=positive_int, default=8, help="questions per GRPO step")
-    p.add_argument("--group-size", type=positive_int, default=8, help="G: completions per question (>= 2)")
-    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature during RL")
-    p.add_argument("--lr", type=positive_float, default=2e-4, help="GRPO learning rate")
-    p.add_argument("--warmup", type=nonnegative_int, default=5, help="linear warmup steps (SFT and RL)")
-    p.add_argument("--micro-batch", type=positive_int, default=64, help="sequences per forward/backward")
-    p.add_argument("--loss-agg", default="token-mean", choices=LOSS_AGGS, help="GRPO loss aggregation")
     p.add_argument("--accuracy-weight", type=nonnegative_float, default=1.0, help="weight of the accuracy reward")
     p.add_argument("--format-weight", type=nonnegative_float, default=0.1, help="weight of the format reward")
     p.add_argument("--language-weight", type=nonnegative_float, default=1.0, help="weight of the language-"
                    "consistency reward (paper: summed directly, i.e. 1; 0 = the ablation)")
+    add_grpo_args(p)      # --prompts-per-step, --group-size, --lr, --warmup (SFT too), --beta, ... as train_zero.py
     # stage 3: rejection sampling + general data
     p.add_argument("--rs-prompts", type=positive_int, default=512, help="training questions sampled from stage 2")
     p.add_argument("--rs-k", type=positive_int, default=4, help="stage-2 samples per question")
@@ -138,8 +131,10 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9_.-]*", args.tag):
         p.error(f"--tag must be a plain folder suffix (letters, digits, _ . -), got {args.tag!r}")
-    if args.group_size < 2:
-        p.error("--group-size must be >= 2 (GRPO normalises rewards within a group)")
+    try:
+        grpo_config(args)                        # GRPOConfig's own checks, before anything is loaded
+    except ValueError as e:
+        p.error(str(e))
     try:
         make_task(args.task, **args.task_kwargs)
     except (TypeError, ValueError) as e:
@@ -325,9 +320,11 @@ def sft(args, n: int, folder: Path, records: list[dict], steps: int, device, log
 
 def grpo(args, n: int, folder: Path, init: Path, steps: int, device, log, train_batch, reward_fn, evaluate):
     policy, tokenizer, state = resume_or_load(folder, init, device)
-    optimizer = make_optimizer(policy, args.lr, 0.0)
-    cfg = GRPOConfig(group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                     micro_batch=args.micro_batch, loss_agg=args.loss_agg)
+    optimizer = make_optimizer(policy, args.lr, args.weight_decay)
+    cfg = grpo_config(args)
+    ref = None
+    if cfg.beta > 0:  # the KL term's frozen reference: the model this stage started from
+        ref = checkpoint.load(init, device=device)[0].eval().requires_grad_(False)
     start, report = 0, None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -338,7 +335,8 @@ def grpo(args, n: int, folder: Path, init: Path, steps: int, device, log, train_
     for step in (bar := tqdm(range(start, steps), desc=f"stage {n} RL", initial=start, total=steps)):
         set_lr(optimizer, lr_at(step, max_lr=args.lr, warmup=args.warmup, total=steps, min_lr_ratio=1.0))
         problems = train_batch(step)
-        metrics = rl_step(policy, optimizer, tokenizer, R1, problems, reward_fn, cfg, seed=args.seed * 100_003 + step)
+        metrics = rl_step(policy, optimizer, tokenizer, R1, problems, reward_fn, cfg, seed=args.seed * 100_003 + step,
+                          ref=ref)
         log.log(step=step + 1, **metrics, **getattr(reward_fn, "last", {}))
         bar.set_postfix(reward=f"{metrics['reward']:.2f}", len=f"{metrics['mean_length']:.0f}")
         done = step + 1

@@ -74,26 +74,7 @@ def get_args(argv=None):
                    "fit the context or whose gold the grader cannot parse, instead of refusing the file")
     # GRPO
     p.add_argument("--steps", type=nonnegative_int, default=40, help="RL steps")
-    p.add_argument("--prompts-per-step", type=positive_int, default=8, help="questions per step")
-    p.add_argument("--group-size", type=positive_int, default=8, help="G: completions per question (>= 2)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=160, help="completion length limit")
-    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature during RL")
-    p.add_argument("--lr", type=positive_float, default=2e-4, help="AdamW learning rate")
-    p.add_argument("--warmup", type=nonnegative_int, default=5, help="linear warmup steps")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
-    p.add_argument("--beta", type=nonnegative_float, default=0.0, help="KL weight (k3 estimator) to the frozen base")
-    p.add_argument("--eps-low", type=nonnegative_float, default=0.2, help="clip range below 1 (ratio >= 1 - eps_low)")
-    p.add_argument("--eps-high", type=nonnegative_float, default=0.2, help="clip range above 1 (DAPO clip-higher)")
-    p.add_argument("--mu", type=positive_int, default=1, help="GRPO iterations per batch")
-    p.add_argument("--minibatches", type=positive_int, default=1, help="optimizer steps per iteration")
-    p.add_argument("--micro-batch", type=positive_int, default=64, help="sequences per forward/backward")
-    p.add_argument("--loss-agg", default="token-mean", choices=LOSS_AGGS,
-                   help="seq-mean-token-mean (paper), token-mean (DAPO), seq-mean-token-sum-norm (Dr. GRPO)")
-    p.add_argument("--adv-scale", default="group", choices=ADV_SCALES, help="group (paper), none (Dr. GRPO), batch")
-    p.add_argument("--dynamic-sampling", action="store_true", help="DAPO: refill groups with equal rewards")
-    p.add_argument("--overlong", default="none", choices=OVERLONG,
-                   help="truncated completions: none, mask (no loss), penalty (DAPO soft length penalty)")
-    p.add_argument("--replay-routing", action="store_true", help="MoE: train with the experts the sampler chose")
+    add_grpo_args(p)
     p.add_argument("--format-weight", type=nonnegative_float, default=0.1, help="weight of the format reward")
     p.add_argument("--accuracy-weight", type=nonnegative_float, default=1.0, help="weight of the accuracy reward")
     # evaluation and logging
@@ -108,8 +89,6 @@ def get_args(argv=None):
                    "before it (always kept when --save-every >= this); 0: off")
     # run
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--decode-mode", default="eager", choices=DECODE_MODES, help="sampler decode step; cuda_graph "
-                   "(GPU) replays one CUDA graph per token, MoE models need bf16 weights")
     p.add_argument("--seed", type=int, default=1234, help="seed of data order, sampling and initial state")
     args = p.parse_args(argv)
     if args.eval_top_p > 1:
@@ -121,6 +100,33 @@ def get_args(argv=None):
     except ValueError as e:
         p.error(str(e))
     return args
+
+
+def add_grpo_args(p):
+    """The GRPO flags, shared with train_r1.py's RL stages (it imports this), so both RL scripts take the same knobs."""
+    g = p.add_argument_group("GRPO")
+    g.add_argument("--prompts-per-step", type=positive_int, default=8, help="questions per step")
+    g.add_argument("--group-size", type=positive_int, default=8, help="G: completions per question (>= 2)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=160, help="completion length limit")
+    g.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature during RL")
+    g.add_argument("--lr", type=positive_float, default=2e-4, help="AdamW learning rate of the RL steps")
+    g.add_argument("--warmup", type=nonnegative_int, default=5, help="linear warmup steps")
+    g.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--beta", type=nonnegative_float, default=0.0, help="KL weight (k3 estimator) to the frozen base")
+    g.add_argument("--eps-low", type=nonnegative_float, default=0.2, help="clip range below 1 (ratio >= 1 - eps_low)")
+    g.add_argument("--eps-high", type=nonnegative_float, default=0.2, help="clip range above 1 (DAPO clip-higher)")
+    g.add_argument("--mu", type=positive_int, default=1, help="GRPO iterations per batch")
+    g.add_argument("--minibatches", type=positive_int, default=1, help="optimizer steps per iteration")
+    g.add_argument("--micro-batch", type=positive_int, default=64, help="sequences per forward/backward")
+    g.add_argument("--loss-agg", default="token-mean", choices=LOSS_AGGS,
+                   help="seq-mean-token-mean (paper), token-mean (DAPO), seq-mean-token-sum-norm (Dr. GRPO)")
+    g.add_argument("--adv-scale", default="group", choices=ADV_SCALES, help="group (paper), none (Dr. GRPO), batch")
+    g.add_argument("--dynamic-sampling", action="store_true", help="DAPO: refill groups with equal rewards")
+    g.add_argument("--overlong", default="none", choices=OVERLONG,
+                   help="truncated completions: none, mask (no loss), penalty (DAPO soft length penalty)")
+    g.add_argument("--replay-routing", action="store_true", help="MoE: train with the experts the sampler chose")
+    g.add_argument("--decode-mode", default="eager", choices=DECODE_MODES, help="sampler decode step; cuda_graph "
+                   "(GPU) replays one CUDA graph per token, MoE models need bf16 weights")
 
 
 def grpo_config(args) -> GRPOConfig:
