@@ -42,7 +42,7 @@ from nanor1 import checkpoint, fsdp
 from nanor1.model import PRESETS, Transformer, get_config
 from nanor1.rollout import evaluate, forced_mode_accuracy
 from nanor1.sft import collate, length_bucketed_batches, render_text, sft_loss
-from nanor1.tasks import LANGS, PHRASES, TASKS, KnowledgeTable, make_task
+from nanor1.tasks import LANGS, PHRASES, TASKS, ArithmeticTask, KnowledgeTable, make_task
 from nanor1.templates import get_template
 from nanor1.tokenizer import train_bpe
 from nanor1.training import (JsonlLogger, RunFolderError, autocast, clip_grad, fraction, json_dict, lr_at,
@@ -71,6 +71,8 @@ def get_args(argv=None):
                    "reasoning starts in the other language than its question")
     p.add_argument("--p-switch", type=fraction, default=0.15, help="bilingual tasks: chance that each further "
                    "reasoning line switches language (what R1's language reward must undo)")
+    p.add_argument("--practice-step-words", action=argparse.BooleanOptionalAction, default=True,
+                   help="bilingual tasks: step words ('then', '然后') in the practice documents too (an experiment)")
     p.add_argument("--p-general", type=fraction, default=0.0, help="share of knowledge-table documents "
                    "(nanor1.tasks.KnowledgeTable: the facts R1's general tasks ask about, private codes included)")
     p.add_argument("--vocab-size", type=positive_int, default=512, help="tiny BPE vocabulary size")
@@ -194,6 +196,13 @@ def make_completion(task, problem, mode, rng, args):
 
 def practice_doc(task, problem, rng, args=None) -> str:
     """A worked example outside any template: teaches the steps (and sometimes the check) themselves."""
+    if args is not None and not args.practice_step_words and problem.data.get("lang") is not None:
+        # bilingual task, bare running totals as in the English corpus: only the transcripts carry step words
+        lines = ArithmeticTask.worked_solution(task, problem)
+        if rng.random() < 0.25:
+            reverse = dataclasses.replace(problem, data={**problem.data, "terms": problem.data["terms"][::-1]})
+            lines = lines + [PHRASES[problem.data["lang"]]["check"]] + ArithmeticTask.worked_solution(task, reverse)
+        return f"Q: {problem.question}\n" + "\n".join(lines) + f"\nA: {task.answer_text(problem)}"
     lines, last = _solution(task, problem, rng, args) if problem.kind == "math" else (task.worked_solution(problem), "en")
     if problem.kind == "math" and rng.random() < 0.25:
         lines = lines + [PHRASES[last]["check"]] + _reverse_pass(task, problem, last)
