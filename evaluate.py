@@ -53,8 +53,8 @@ from tqdm import tqdm
 from nanor1 import checkpoint, fsdp
 from nanor1.math_grader import math_equal
 from nanor1.rewards import accuracy_reward, grade_answer
-from nanor1.rollout import prompt_ids, stops
-from nanor1.sampler import SamplingParams, generate
+from nanor1.rollout import rollout
+from nanor1.sampler import SamplingParams
 from nanor1.scoring import bootstrap_ci, cons_score, curve_ks, pass_at_k_scores
 from nanor1.tasks import JsonlFormatError, TASKS, load_jsonl, make_task
 from nanor1.templates import TEMPLATES, get_template
@@ -153,22 +153,19 @@ def my_shards(n_shards: int, rank: int = 0, world: int = 1) -> list[int]:
 
 def sample_shard(model, tokenizer, problems, template, *, group_size: int, greedy: bool, seed: int, args) -> list:
     """Sample one shard's completions (one batch through the sampler) and grade them -> one record per completion.
-    As rollout() does, with one difference: each problem's seed comes from its id, not its place in the batch."""
+    Each problem's seed comes from its id, not its place in the batch."""
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, greedy=greedy, **stops(tokenizer, template))
-    prompts = [prompt_ids(tokenizer, template, p.question) for p in problems]
-    gen = generate(model, prompts, params, group_size=group_size, seed=[problem_seed(seed, p.id) for p in problems],
-                   decode=tokenizer.decode, decode_mode=args.decode_mode)
-    lengths = gen.mask.sum(1).tolist()
+                            top_k=args.top_k, greedy=greedy)
+    ro = rollout(model, tokenizer, problems, template=template, params=params, group_size=group_size,
+                 seed=[problem_seed(seed, p.id) for p in problems], decode_mode=args.decode_mode)
     records = []
-    for i, ids in enumerate(gen.completions()):
-        text = tokenizer.decode(ids, skip_special=True)
+    for i, (text, length) in enumerate(zip(ro.texts, ro.lengths.tolist())):
         problem = problems[i // group_size]
         records.append({"problem_id": problem.id, "seed": seed, "sample": i % group_size, "completion": text,
                         "answer": template.final_answer(text),
                         "correct": accuracy_reward(text, problem, template) > 0.5,
-                        "well_formed": template.well_formed(text), "length": lengths[i],
-                        "finish_reason": gen.finish_reason[i]})
+                        "well_formed": template.well_formed(text), "length": length,
+                        "finish_reason": ro.gen.finish_reason[i]})
     return records
 
 

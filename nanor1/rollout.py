@@ -94,7 +94,7 @@ class Rollouts:
 
 @torch.no_grad()
 def rollout(model, tokenizer, problems, *, template, params: SamplingParams, group_size: int = 1, reward_fn=None,
-            seed: int | None = None, prefix: list[str] | None = None, record_routing: bool = False,
+            seed: int | list[int] | None = None, prefix: list[str] | None = None, record_routing: bool = False,
             decode_mode: str = "eager", first_index: int = 0) -> Rollouts:
     """Sample group_size completions for each problem and score them.
 
@@ -103,13 +103,14 @@ def rollout(model, tokenizer, problems, *, template, params: SamplingParams, gro
     (one string per problem, e.g. " <think> 3 + 7 = 10"); it is part of the prompt for the sampler and of the text
     for the rewards. seed: one stream per problem (seed * 1_000_003 + i), so a problem's samples do not depend on
     its batch; i counts from first_index (data parallel: the global index of this rank's first problem, so samples
-    do not depend on the number of ranks either). decode_mode: the sampler's decode step ("eager", "static",
-    "cuda_graph"; see sampler.py).
+    do not depend on the number of ranks either); or a list of one seed per problem (evaluate.py seeds each problem
+    by its id). decode_mode: the sampler's decode step ("eager", "static", "cuda_graph"; see sampler.py).
     """
     prompts = [prompt_ids(tokenizer, template, p.question) for p in problems]
     if prefix is not None:
         prompts = [ids + tokenizer.encode(pre) for ids, pre in zip(prompts, prefix)]
-    seeds = None if seed is None else [seed * 1_000_003 + first_index + i for i in range(len(problems))]
+    seeds = seed if seed is None or isinstance(seed, list) else [seed * 1_000_003 + first_index + i
+                                                                  for i in range(len(problems))]
     gen = generate(model, prompts, replace(params, **stops(tokenizer, template)), group_size=group_size, seed=seeds,
                    decode=tokenizer.decode, record_routing=record_routing, decode_mode=decode_mode)
     texts = [tokenizer.decode(ids, skip_special=True) for ids in gen.completions()]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import evaluate
+import nanor1.rollout
 from nanor1 import checkpoint
 from nanor1.model import Transformer, get_config
 from nanor1.tasks import JsonlFormatError, Problem, make_task
@@ -159,7 +160,7 @@ def test_right_answers_are_scored_right(ckpt, tmp_path, monkeypatch):
              "b": [zero.response("half", "2")] * 4, "c": [" <think> 2 + 2"] * 4}
     texts["a"][0] = zero.response("oops", "7")
 
-    def fake_generate(model, prompts, params, *, group_size, seed, decode, decode_mode):
+    def fake_generate(model, prompts, params, *, group_size, seed, decode, record_routing, decode_mode):
         assert len(prompts) == 3                                         # one shard: problems a, b, c in order
         rows = [tok.encode(t) for pid in "abc" for t in texts[pid][:group_size]]
         T = max(map(len, rows))
@@ -169,7 +170,7 @@ def test_right_answers_are_scored_right(ckpt, tmp_path, monkeypatch):
                           logprobs=torch.zeros(tokens.shape), mask=mask,
                           finish_reason=["stop" if "</answer>" in tok.decode(r) else "length" for r in rows],
                           temperature=params.temperature)
-    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    monkeypatch.setattr(nanor1.rollout, "generate", fake_generate)      # evaluate.py samples through rollout()
     data = write_jsonl(tmp_path / "bench.jsonl", PROBLEMS[:3])
     results = evaluate.main([str(ckpt), "--data", str(data), "--k", "4", "--max-new-tokens", "40", "--n-boot", "100",
                              "--out", str(tmp_path / "out")])
