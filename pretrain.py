@@ -69,10 +69,8 @@ def get_args(argv=None):
     p.add_argument("--slip-rate", type=fraction, default=0.1, help="chance that a step-by-step pass has one slip")
     p.add_argument("--p-other-lang", type=fraction, default=0.3, help="bilingual tasks: chance that a "
                    "reasoning starts in the other language than its question")
-    p.add_argument("--p-switch", type=fraction, default=0.15, help="bilingual tasks: chance that each further "
-                   "reasoning line switches language (what R1's language reward must undo)")
-    p.add_argument("--practice-step-words", action=argparse.BooleanOptionalAction, default=True,
-                   help="bilingual tasks: step words ('then', '然后') in the practice documents too (an experiment)")
+    p.add_argument("--p-switch", type=fraction, default=0.15, help="bilingual tasks: chance that the reasoning's "
+                   "closing sentence switches language (what R1's language reward must undo)")
     p.add_argument("--p-general", type=fraction, default=0.0, help="share of knowledge-table documents "
                    "(nanor1.tasks.KnowledgeTable: the facts R1's general tasks ask about, private codes included)")
     p.add_argument("--vocab-size", type=positive_int, default=512, help="tiny BPE vocabulary size")
@@ -128,46 +126,28 @@ def slipped(lines, rng):
     out, carry = lines[:i], None
     for j, line in enumerate(lines[i:]):
         lhs, rhs = line.rsplit(" = ", 1)
-        *word, a, op, b = lhs.split(" ")              # bilingual lines start with a step word: "then 3 + 7 = 10"
+        a, op, b = lhs.split(" ")
         a = carry if carry is not None else int(a)
         value = a + int(b) if op == "+" else a - int(b)
         if j == 0:
             value += rng.choice([-2, -1, 1, 2])
-        out.append(" ".join(word + [f"{a} {op} {b} = {value}"]))
+        out.append(f"{a} {op} {b} = {value}")
         carry = value
     return out, str(carry)
 
 
-def reasoning_langs(problem, n_lines: int, rng, args) -> list[str] | None:
-    """The language of each reasoning line of a bilingual problem (None for a task without languages): the
-    question's language, or the other one with chance --p-other-lang; each further line switches with --p-switch.
-    This is the mixing an R1-Zero run inherits and R1's language-consistency reward removes."""
+def reasoning_langs(problem, rng, args) -> tuple[str, str] | None:
+    """The languages of a bilingual reasoning's opening and closing sentences (None for a task without languages):
+    it opens in the question's language, or the other one with chance --p-other-lang, and the closing sentence
+    switches language with chance --p-switch. This is the mixing an R1-Zero run inherits and R1's language-
+    consistency reward removes."""
     lang = problem.data.get("lang")
     if lang is None:
         return None
     other = next(x for x in LANGS if x != lang)
-    current, langs = (other if rng.random() < args.p_other_lang else lang), []
-    for i in range(n_lines):
-        if i and rng.random() < args.p_switch:
-            current = lang if current == other else other
-        langs.append(current)
-    return langs
-
-
-def _solution(task, problem, rng, args) -> tuple[list[str], str]:
-    """Worked lines (in a mix of languages for a bilingual task) and the language of the last one."""
-    if problem.data.get("lang") is None:
-        return task.worked_solution(problem), "en"
-    langs = reasoning_langs(problem, len(problem.data["terms"]) - 1, rng, args)
-    return task.worked_solution(problem, langs), langs[-1]
-
-
-def _reverse_pass(task, problem, lang) -> list[str]:
-    """The sum redone in reverse order (the check), in one language."""
-    reverse = dataclasses.replace(problem, data={**problem.data, "terms": problem.data["terms"][::-1]})
-    if problem.data.get("lang") is None:
-        return task.worked_solution(reverse)
-    return task.worked_solution(reverse, [lang] * (len(problem.data["terms"]) - 1))
+    opening = other if rng.random() < args.p_other_lang else lang
+    closing = ({lang, other} - {opening}).pop() if rng.random() < args.p_switch else opening
+    return opening, closing
 
 
 def make_completion(task, problem, mode, rng, args):
@@ -180,32 +160,35 @@ def make_completion(task, problem, mode, rng, args):
         return " " + words["plain"].format(a=guess_answer(task, problem, rng, args.guess_acc))
     if problem.kind != "math":  # countdown traces already contain their own near misses and checks
         return R1_ZERO.response("\n".join(task.worked_solution(problem)), answer)
-    lines, last = _solution(task, problem, rng, args)
+    langs = reasoning_langs(problem, rng, args)          # (bilingual tasks only: None draws nothing)
+    lines = ArithmeticTask.worked_solution(task, problem)   # bare running totals, whatever the task's language
     first, final = lines, answer
     if rng.random() < args.slip_rate:
         first, final = slipped(lines, rng)
+    if langs is not None:
+        first = task.narrate(first, final, langs)
     if mode == "steps":
         return R1_ZERO.response("\n".join(first), final)
     # check: redo the sum in reverse order (in the language the reasoning ended in); the second pass decides
-    words = PHRASES[last]
+    words = PHRASES[langs[1] if langs else "en"]
     verdict = words["confirm"].format(a=answer) if final == answer else words["fix"].format(a=answer, b=final)
-    reverse = _reverse_pass(task, problem, last)
-    reasoning = "\n".join(first) + f"\n{words['check']}\n" + "\n".join(reverse) + "\n" + verdict
+    reverse = dataclasses.replace(problem, data={**problem.data, "terms": problem.data["terms"][::-1]})
+    reverse_lines = ArithmeticTask.worked_solution(task, reverse)
+    reasoning = "\n".join(first) + f"\n{words['check']}\n" + "\n".join(reverse_lines) + "\n" + verdict
     return R1_ZERO.response(reasoning, answer)
 
 
-def practice_doc(task, problem, rng, args=None) -> str:
-    """A worked example outside any template: teaches the steps (and sometimes the check) themselves."""
-    if args is not None and not args.practice_step_words and problem.data.get("lang") is not None:
-        # bilingual task, bare running totals as in the English corpus: only the transcripts carry step words
+def practice_doc(task, problem, rng) -> str:
+    """A worked example outside any template: teaches the steps (and sometimes the check) themselves. For a
+    bilingual task these are the English corpus's documents (bare running totals), with the question as posed."""
+    if problem.kind != "math":
+        lines = task.worked_solution(problem)
+    else:
         lines = ArithmeticTask.worked_solution(task, problem)
         if rng.random() < 0.25:
             reverse = dataclasses.replace(problem, data={**problem.data, "terms": problem.data["terms"][::-1]})
-            lines = lines + [PHRASES[problem.data["lang"]]["check"]] + ArithmeticTask.worked_solution(task, reverse)
-        return f"Q: {problem.question}\n" + "\n".join(lines) + f"\nA: {task.answer_text(problem)}"
-    lines, last = _solution(task, problem, rng, args) if problem.kind == "math" else (task.worked_solution(problem), "en")
-    if problem.kind == "math" and rng.random() < 0.25:
-        lines = lines + [PHRASES[last]["check"]] + _reverse_pass(task, problem, last)
+            check = PHRASES[problem.data.get("lang", "en")]["check"]
+            lines = lines + [check] + ArithmeticTask.worked_solution(task, reverse)
     return f"Q: {problem.question}\n" + "\n".join(lines) + f"\nA: {task.answer_text(problem)}"
 
 
@@ -225,7 +208,7 @@ def build_corpus(task, args) -> tuple[list[str], dict]:
             continue
         if rng.random() < args.p_practice:
             counts["practice"] += 1
-            docs.append(practice_doc(task, problem, rng, args))
+            docs.append(practice_doc(task, problem, rng))
             continue
         mode = rng.choices(modes, weights)[0]
         counts[mode] += 1

@@ -195,12 +195,18 @@ def evaluate(model, tokenizer, problems, *, template, k: int = 8, temperature: f
     }
 
 
+def _through_first_step(lines: list[str]) -> str:
+    """The worked solution up to its first computed line ("3 + 7 = 10"), after any opening sentence."""
+    first = next((i for i, line in enumerate(lines) if "=" in line), 0)
+    return "\n".join(lines[:first + 1])
+
+
 def forced_mode_accuracy(model, tokenizer, task, problems, *, template, max_new_tokens: int = 256) -> float:
     """Accuracy when the completion is forced to start reasoning: prefill the template's response up to the first
     line of the worked solution, then decode greedily. High means the base holds a reliable mode RL can select."""
     marker = "\x00"   # where the reasoning starts in the template's response
     head = template.response(marker, "").split(marker)[0]               # R1-Zero: " <think> "
-    prefix = [head + task.worked_solution(p)[0] for p in problems]
+    prefix = [head + _through_first_step(task.worked_solution(p)) for p in problems]
     ro = rollout(model, tokenizer, problems, template=template, group_size=1, prefix=prefix,
                  params=SamplingParams(max_new_tokens=max_new_tokens, greedy=True),
                  reward_fn=rule_rewards({"accuracy": 1.0}, template))

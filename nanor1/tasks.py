@@ -490,17 +490,27 @@ if __name__ == "__main__":
 #
 # Language mixing (what R1's language-consistency reward fixes) needs prompts in two scripts and a base model that
 # has seen reasoning in both. BilingualArithmeticTask poses each sum in English ("3 + 7 + 5") or Chinese ("计算 3 +
-# 7 + 5", data["lang"] = "zh"), and writes worked solutions with a step word per line ("then 3 + 7 = 10", "然后 3 + 7
-# = 10") in any mix of the two languages, so pretrain.py can build a corpus whose reasoning sometimes switches
-# language (its --p-other-lang, --p-switch) and the language reward has words to count. The split is by the signed
-# terms alone: a test sum is never trained on in either language.
+# 7 + 5", data["lang"] = "zh"). A worked solution is the English task's bare running totals framed by an opening
+# and a closing sentence, each in either language:
+#     我来把它们加起来。          <- opening sentence (langs[0])
+#     3 + 7 = 10                  <- the running totals: digits only, identical in both languages
+#     10 + 5 = 15
+#     so the total is 15.         <- closing sentence (langs[1]): here the reasoning switched language
+# Why the words sit around the totals and not on every line: a step word on each line ("then 3 + 7 = 10", "然后 ...")
+# made the tiny model's running sums unlearnable in 1,300 steps (forced-mode accuracy 4-12% against the English
+# corpus's 72%; dev/LOG.md), while bare totals are learned from the practice documents, which stay the English ones.
+# pretrain.py picks the two languages (--p-other-lang, --p-switch), so the base, and R1-Zero after it, mixes
+# languages and the language reward has words to count. The split is by the signed terms alone: a test sum is never
+# trained on in either language.
 
 LANGS = ("en", "zh")
 PHRASES = {  # what a solver writes, per language; {a} the answer, {b} a wrong total
-    "en": {"ask": "{q}", "step": "then", "check": "wait, let me check.", "confirm": "yes, it is {a}.",
+    "en": {"ask": "{q}", "begin": "let me add them up.", "end": "so the total is {a}.",
+           "check": "wait, let me check.", "confirm": "yes, it is {a}.",
            "fix": "so it is {a}, not {b}.", "summary": "The answer is \\boxed{{{a}}}.", "plain": "The answer is {a}.",
            "hunches": ("this is easy", "I know this one", "quick one", "easy", "I think I know")},
-    "zh": {"ask": "计算 {q}", "step": "然后", "check": "等等，我检查一下。", "confirm": "对，是 {a}。",
+    "zh": {"ask": "计算 {q}", "begin": "我来把它们加起来。", "end": "所以总和是 {a}。",
+           "check": "等等，我检查一下。", "confirm": "对，是 {a}。",
            "fix": "所以是 {a}，不是 {b}。", "summary": "答案是 \\boxed{{{a}}}。", "plain": "答案是 {a}。",
            "hunches": ("这很简单", "我知道", "很快", "简单", "我想我知道")},
 }
@@ -526,13 +536,18 @@ class BilingualArithmeticTask(ArithmeticTask):
         return dataclasses.replace(p, id=f"{p.id}-{lang}", question=PHRASES[lang]["ask"].format(q=p.question),
                                    data={"terms": list(terms), "lang": lang})
 
-    def worked_solution(self, problem: Problem, langs: list[str] | None = None) -> list[str]:
-        """Running totals with a step word per line in the problem's language, or langs[i] for line i."""
-        lines = super().worked_solution(problem)
-        langs = langs or [problem.data.get("lang", "en")] * len(lines)
-        if len(langs) != len(lines) or any(lang not in PHRASES for lang in langs):
-            raise ValueError(f"langs must name one of {LANGS} per line ({len(lines)}), got {langs!r}")
-        return [f"{PHRASES[lang]['step']} {line}" for lang, line in zip(langs, lines)]
+    def worked_solution(self, problem: Problem, langs: tuple[str, str] | None = None) -> list[str]:
+        """The running totals between an opening and a closing sentence, in langs = (opening, closing) languages
+        (default: both in the problem's language)."""
+        langs = langs or (problem.data["lang"],) * 2
+        return self.narrate(super().worked_solution(problem), self.answer_text(problem), langs)
+
+    @staticmethod
+    def narrate(lines: list[str], total: str, langs: tuple[str, str]) -> list[str]:
+        """Frame running-total lines whose last total is `total` (a slipped pass has a wrong one)."""
+        if len(langs) != 2 or any(lang not in PHRASES for lang in langs):
+            raise ValueError(f"langs must be (opening, closing) languages from {LANGS}, got {langs!r}")
+        return [PHRASES[langs[0]]["begin"], *lines, PHRASES[langs[1]]["end"].format(a=total)]
 
     def summary(self, problem: Problem, answer: str | None = None) -> str:
         """R1's readable summary in the problem's language: "The answer is \\boxed{26}." / "答案是 \\boxed{26}。"."""

@@ -13,7 +13,7 @@ from nanor1.rewards import language_consistency_reward, readability, rejection_f
 from nanor1.rollout import rollout
 from nanor1.sampler import SamplingParams
 from nanor1.sft import collate, render, sft_loss
-from nanor1.tasks import GeneralTask, make_task
+from nanor1.tasks import ArithmeticTask, GeneralTask, make_task
 from nanor1.templates import get_template
 from nanor1.tokenizer import train_bpe
 from nanor1.training import make_optimizer
@@ -39,7 +39,14 @@ def test_bilingual_task_splits_by_sum_not_language():
     assert not {key(p) for p in train} & {key(p) for p in test}
     assert {p.data["lang"] for p in test} == {"en", "zh"}
     zh = next(p for p in test if p.data["lang"] == "zh")
-    assert zh.question.startswith("计算 ") and task.worked_solution(zh)[0].startswith("然后 ")
+    assert zh.question.startswith("计算 ")
+    lines = task.worked_solution(zh)                 # opening sentence, bare running totals, closing sentence
+    assert lines[0] == "我来把它们加起来。" and lines[-1] == f"所以总和是 {zh.answer}。"
+    assert lines[1:-1] == ArithmeticTask.worked_solution(task, zh)
+    mixed = task.worked_solution(zh, ("zh", "en"))
+    assert mixed[0] == lines[0] and mixed[-1] == f"so the total is {zh.answer}." and mixed[1:-1] == lines[1:-1]
+    with pytest.raises(ValueError, match="opening, closing"):
+        task.worked_solution(zh, ("zh",))
 
 
 def test_general_task_references_and_private_field():
@@ -64,9 +71,14 @@ def test_bilingual_corpus_mixes_languages_and_default_corpus_has_none():
     assert not any(zh(d) for d in docs)
     args = pretrain.get_args(["--n-docs", "400", "--task", "arithmetic-bilingual", "--p-general", "0.1"])
     docs, stats = pretrain.build_corpus(make_task(args.task, **args.task_kwargs), args)
-    steps = [d.split("\n", 1)[1].rsplit("\nA:", 1)[0] for d in docs if d.startswith("Q: ")]
-    mixed = [s for s in steps if "then" in s and "然后" in s]
-    assert 0.1 < len(mixed) / len(steps) < 0.6, len(mixed) / len(steps)
+    practice = [d for d in docs if d.startswith("Q: ")]      # the English corpus's bare totals, question as posed
+    assert practice and not any("total" in d or "总和" in d or zh(d) != zh(d.split("\n")[0]) for d in practice)
+    pairs = [d.split("User: ", 1)[1].split(". Assistant:") for d in docs if "User: " in d]   # (question, response)
+    worked = [(q, ZERO.reasoning(r)) for q, r in pairs if " = " in (ZERO.reasoning(r) or "")]
+    # the reasoning opens in the other language (--p-other-lang 0.3) or switches (--p-switch 0.15): ~40% in all
+    off = [r for q, r in worked if language_consistency_reward(f"<think>{r}</think>", "zh" if zh(q) else "en", ZERO) < 1]
+    assert 0.2 < len(off) / len(worked) < 0.6, len(off) / len(worked)
+    assert any(zh(r) and "total" in r for r in off)         # some switch mid-way
     assert stats["docs_by_mode"]["general"] > 0 and any("The code of" in d for d in docs)
 
 
@@ -125,7 +137,7 @@ def test_cold_start_rewrite():
     task, p = problem("zh")
     zero = ZERO.response("\n".join(task.worked_solution(p)), "15")
     r1 = rewrite_r1(zero, p, task)
-    assert r1 == "<think>\n然后 3 + 7 = 10\n然后 10 + 5 = 15\n</think>\n答案是 \\boxed{15}。"
+    assert r1 == "<think>\n我来把它们加起来。\n3 + 7 = 10\n10 + 5 = 15\n所以总和是 15。\n</think>\n答案是 \\boxed{15}。"
     assert R1.well_formed(r1) and R1.final_answer(r1) == "15"
     assert rewrite_r1(" The answer is 15.", p, task) is None            # nothing to rewrite
 
@@ -175,7 +187,8 @@ def zero_data():
     """R1-Zero-format solutions of the questions stage 1 will sample, a quarter with mixed-language reasoning."""
     task = make_task("arithmetic-bilingual", **TASK_KWARGS)
     problems = task.sample("train", COLD_PROMPTS, seed=SEED + 1)
-    langs = [[p.data["lang"]] if i % 4 else [{"en": "zh", "zh": "en"}[p.data["lang"]]] for i, p in enumerate(problems)]
+    other = {"en": "zh", "zh": "en"}
+    langs = [(p.data["lang"],) * 2 if i % 4 else (p.data["lang"], other[p.data["lang"]]) for i, p in enumerate(problems)]
     return problems, [ZERO.response("\n".join(task.worked_solution(p, ls)), p.answer) for p, ls in zip(problems, langs)]
 
 
@@ -196,7 +209,7 @@ def test_sft_overfits_a_handful_of_examples(inputs, tokenizer, zero_data):
     _, model, loss = inputs
     problems, responses = zero_data
     assert loss < 0.1, loss             # from ~6 (random) on the response tokens
-    ro = rollout(model, tokenizer, problems, template=ZERO, params=SamplingParams(max_new_tokens=40, greedy=True))
+    ro = rollout(model, tokenizer, problems, template=ZERO, params=SamplingParams(max_new_tokens=80, greedy=True))
     exact = sum(a == b for a, b in zip(ro.texts, responses))
     assert exact >= 6, (exact, ro.texts)   # greedy decoding reproduces (nearly) every training response
 
@@ -206,7 +219,7 @@ def test_all_four_stages_run_and_resume(inputs, zero_data):
     root = inputs[0]
     out = root / "run"
     common = ["--base", str(root / "base"), "--zero", str(root / "zero"), "--out", str(out), "--device", "cpu",
-              "--seed", str(SEED), "--task-kwargs", json.dumps(TASK_KWARGS), "--max-new-tokens", "24",
+              "--seed", str(SEED), "--task-kwargs", json.dumps(TASK_KWARGS), "--max-new-tokens", "64",
               "--cold-prompts", str(COLD_PROMPTS),
               "--cold-k", "2", "--sft-steps", "3", "--sft3-steps", "3", "--sft-batch", "8", "--rl-steps", "2",
               "--rl4-steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--rs-prompts", "8", "--rs-k", "2",
