@@ -12,7 +12,10 @@ token budget, sampling settings, grader.
 Metrics (nanor1/scoring.py): pass@1 (mean over k samples), the unbiased pass@k curve for k = 1, 2, 4, ... k,
 cons@k (majority vote: a sample without an answer does not vote, ties score the share of tied answers that are
 right), greedy accuracy (--greedy: one argmax completion per problem), format rate (the template's well-formed
-check), mean completion length in tokens, truncation rate (completions that hit --max-new-tokens).
+check), readability (nanor1.rewards.readability: well-formed, short unique lines, one script), language
+consistency (R1's language reward: the share of the reasoning's words in the problem's language; only when every
+problem names one, as the bilingual task does), mean completion length in tokens, truncation rate (completions that
+hit --max-new-tokens).
 
 Commands:
   python evaluate.py runs/base runs/zero/checkpoint                  # arithmetic held-out split (as train_zero.py)
@@ -52,7 +55,7 @@ from tqdm import tqdm
 
 from nanor1 import checkpoint, fsdp
 from nanor1.math_grader import math_equal
-from nanor1.rewards import accuracy_reward, grade_answer
+from nanor1.rewards import accuracy_reward, grade_answer, is_readable, language_consistency_reward
 from nanor1.rollout import rollout
 from nanor1.sampler import SamplingParams
 from nanor1.scoring import bootstrap_ci, cons_score, curve_ks, pass_at_k_scores
@@ -161,11 +164,14 @@ def sample_shard(model, tokenizer, problems, template, *, group_size: int, greed
     records = []
     for i, (text, length) in enumerate(zip(ro.texts, ro.lengths.tolist())):
         problem = problems[i // group_size]
+        lang = problem.data.get("lang")   # bilingual tasks and JSONL records with a "lang" field
         records.append({"problem_id": problem.id, "seed": seed, "sample": i % group_size, "completion": text,
                         "answer": template.final_answer(text),
                         "correct": accuracy_reward(text, problem, template) > 0.5,
                         "well_formed": template.well_formed(text), "length": length,
-                        "finish_reason": ro.gen.finish_reason[i]})
+                        "finish_reason": ro.gen.finish_reason[i],
+                        "language": None if lang is None else language_consistency_reward(text, lang, template),
+                        "readable": is_readable(text, lang or "en", template)})
     return records
 
 
@@ -205,7 +211,8 @@ def check_settings(folder: Path, settings: dict, *, wait: bool = False):
 
 
 def score(records: list[dict], problems, seeds: list[int], k: int) -> dict:
-    """Per-problem scores, each [S, P] (seeds x problems): pass@1, pass@k per k, cons@k, format, length, truncated."""
+    """Per-problem scores, each [S, P] (seeds x problems): pass@1, pass@k per k, cons@k, format, readable,
+    (language), length, truncated."""
     index = {p.id: i for i, p in enumerate(problems)}
     S, P = len(seeds), len(problems)
     rows = [[[None] * k for _ in range(P)] for _ in range(S)]  # [S][P][k] records
@@ -215,7 +222,10 @@ def score(records: list[dict], problems, seeds: list[int], k: int) -> dict:
     if missing:
         raise ValueError(f"{missing} of {S * P * k} samples are missing from the shard files")
     out = {f"pass@{kk}": np.zeros((S, P)) for kk in curve_ks(k)}   # pass@1 is the mean over the k samples
-    out.update({name: np.zeros((S, P)) for name in ("cons@k", "format", "length", "truncated")})
+    out.update({name: np.zeros((S, P)) for name in ("cons@k", "format", "readable", "length", "truncated")})
+    with_lang = all(r.get("language") is not None for seed_rows in rows for group in seed_rows for r in group)
+    if with_lang:          # every problem names its language: the reasoning's language consistency (R1's reward)
+        out["language"] = np.zeros((S, P))
     for s in range(S):
         correct = [[r["correct"] for r in rows[s][i]] for i in range(P)]
         for kk in curve_ks(k):
@@ -227,6 +237,9 @@ def score(records: list[dict], problems, seeds: list[int], k: int) -> dict:
             out["cons@k"][s, i] = cons_score([r["answer"] for r in group],
                                              lambda a: grade_answer(a, problem) > 0.5, **same)
             out["format"][s, i] = np.mean([r["well_formed"] for r in group])
+            out["readable"][s, i] = np.mean([r.get("readable", False) for r in group])
+            if with_lang:
+                out["language"][s, i] = np.mean([r["language"] for r in group])
             out["length"][s, i] = np.mean([r["length"] for r in group])
             out["truncated"][s, i] = np.mean([r["finish_reason"] == "length" for r in group])
     return out
@@ -249,14 +262,15 @@ def markdown_table(results: dict) -> str:
     """One row per model: every headline number with its 95% interval."""
     s = results["settings"]
     k = s["k"]
-    cols = ["model", "template", "pass@1", f"cons@{k}", f"pass@{k}", "greedy", "format", "length (tokens)",
-            "truncated"]
+    cols = ["model", "template", "pass@1", f"cons@{k}", f"pass@{k}", "greedy", "format", "readable", "language",
+            "length (tokens)", "truncated"]
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for m in results["models"]:
         x = m["metrics"]
         lines.append("| " + " | ".join([
             m["name"], m["template"], pct(x["pass@1"]), pct(x["cons@k"]), pct(x[f"pass@{k}"]),
-            pct(x["greedy"]) if "greedy" in x else "-", pct(x["format"]), pct(x["length"], 1.0),
+            pct(x["greedy"]) if "greedy" in x else "-", pct(x["format"]), pct(x["readable"]),
+            pct(x["language"]) if "language" in x else "-", pct(x["length"], 1.0),
             pct(x["truncated"])]) + " |")
     over = "problems and seeds" if s["seeds"] > 1 else "problems"
     lines.append(f"\n{s['n_problems']} problems ({s['problems']}), k={k}, {s['seeds']} seed(s), T={s['temperature']},"

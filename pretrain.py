@@ -179,16 +179,16 @@ def make_completion(task, problem, mode, rng, args):
 
 
 def practice_doc(task, problem, rng) -> str:
-    """A worked example outside any template: teaches the steps (and sometimes the check) themselves. For a
-    bilingual task these are the English corpus's documents (bare running totals), with the question as posed."""
+    """A worked example outside any template: teaches the steps (and sometimes the check) themselves, in the same
+    lines the transcripts use (a tiny model does not carry a skill over to lines that look different: see
+    dev/LOG.md). A bilingual task's worked solution is framed by its sentences, in the question's language."""
     if problem.kind != "math":
-        lines = task.worked_solution(problem)
-    else:
-        lines = ArithmeticTask.worked_solution(task, problem)
-        if rng.random() < 0.25:
-            reverse = dataclasses.replace(problem, data={**problem.data, "terms": problem.data["terms"][::-1]})
-            check = PHRASES[problem.data.get("lang", "en")]["check"]
-            lines = lines + [check] + ArithmeticTask.worked_solution(task, reverse)
+        return f"Q: {problem.question}\n" + "\n".join(task.worked_solution(problem)) + f"\nA: {task.answer_text(problem)}"
+    lines = task.worked_solution(problem)
+    if rng.random() < 0.25:
+        reverse = dataclasses.replace(problem, data={**problem.data, "terms": problem.data["terms"][::-1]})
+        check = PHRASES[problem.data.get("lang", "en")]["check"]
+        lines = lines + [check] + ArithmeticTask.worked_solution(task, reverse)
     return f"Q: {problem.question}\n" + "\n".join(lines) + f"\nA: {task.answer_text(problem)}"
 
 

@@ -496,9 +496,9 @@ if __name__ == "__main__":
 #     3 + 7 = 10                  <- the running totals: digits only, identical in both languages
 #     10 + 5 = 15
 #     so the total is 15.         <- closing sentence (langs[1]): here the reasoning switched language
-# Why the words sit around the totals and not on every line: a step word on each line ("then 3 + 7 = 10", "然后 ...")
-# made the tiny model's running sums unlearnable in 1,300 steps (forced-mode accuracy 4-12% against the English
-# corpus's 72%; dev/LOG.md), while bare totals are learned from the practice documents, which stay the English ones.
+# Why the words sit around the totals and not on every line: with a step word on each line ("then 3 + 7 = 10",
+# "然后 ...") the tiny model did not learn the running sums in 1,300 steps (forced-mode accuracy 4-12% against the
+# English corpus's 72%; dev/LOG.md), while bare totals it learns as it does in English.
 # pretrain.py picks the two languages (--p-other-lang, --p-switch), so the base, and R1-Zero after it, mixes
 # languages and the language reward has words to count. The split is by the signed terms alone: a test sum is never
 # trained on in either language.

@@ -146,6 +146,11 @@ def test_score_hand_made_records():
     assert scores["format"].tolist() == [[0.75, 1.0]]
     assert scores["length"].tolist() == [[15.0, 10.0]]
     assert scores["truncated"].tolist() == [[0.25, 0.0]]
+    assert scores["readable"].tolist() == [[0.0, 0.0]] and "language" not in scores   # no problem names a language
+    for i, r in enumerate(records):
+        r.update(readable=i in (0, 4, 5), language=float(i % 2))
+    scores = evaluate.score(records, problems, seeds=[0], k=4)
+    assert scores["readable"].tolist() == [[0.25, 0.5]] and scores["language"].tolist() == [[0.5, 0.5]]
     records[7]["answer"] = "9"                                           # now 1/2, 7, 8, 9: a four-way tie
     assert evaluate.score(records, problems, seeds=[0], k=4)["cons@k"].tolist() == [[1.0, 0.25]]
 
@@ -171,7 +176,7 @@ def test_right_answers_are_scored_right(ckpt, tmp_path, monkeypatch):
                           finish_reason=["stop" if "</answer>" in tok.decode(r) else "length" for r in rows],
                           temperature=params.temperature)
     monkeypatch.setattr(nanor1.rollout, "generate", fake_generate)      # evaluate.py samples through rollout()
-    data = write_jsonl(tmp_path / "bench.jsonl", PROBLEMS[:3])
+    data = write_jsonl(tmp_path / "bench.jsonl", [{**p, "lang": "en"} for p in PROBLEMS[:3]])
     results = evaluate.main([str(ckpt), "--data", str(data), "--k", "4", "--max-new-tokens", "40", "--n-boot", "100",
                              "--out", str(tmp_path / "out")])
     m = results["models"][0]["metrics"]
@@ -184,3 +189,9 @@ def test_right_answers_are_scored_right(ckpt, tmp_path, monkeypatch):
     a = sorted((r for r in records if r["problem_id"] == "a"), key=lambda r: r["sample"])
     assert [r["answer"] for r in a] == ["7", "6", "6", "6.0"] and [r["correct"] for r in a] == [False, True, True, True]
     assert all(r["answer"] is None and not r["well_formed"] for r in records if r["problem_id"] == "c")
+    # R1's language reward and the readability rule, per sample and averaged per problem
+    assert [r["language"] for r in a] == [1.0, 0.0, 0.0, 0.0]            # "oops" is English; digits are neutral
+    assert all(r["language"] == 1.0 for r in records if r["problem_id"] == "b")   # "half"
+    assert [r["readable"] for r in a] == [True, True, True, True]
+    by_problem = [sum(r["language"] for r in records if r["problem_id"] == pid) / 4 for pid in "abc"]
+    assert m["language"]["mean"] == pytest.approx(sum(by_problem) / 3)

@@ -71,8 +71,8 @@ def test_bilingual_corpus_mixes_languages_and_default_corpus_has_none():
     assert not any(zh(d) for d in docs)
     args = pretrain.get_args(["--n-docs", "400", "--task", "arithmetic-bilingual", "--p-general", "0.1"])
     docs, stats = pretrain.build_corpus(make_task(args.task, **args.task_kwargs), args)
-    practice = [d for d in docs if d.startswith("Q: ")]      # the English corpus's bare totals, question as posed
-    assert practice and not any("total" in d or "总和" in d or zh(d) != zh(d.split("\n")[0]) for d in practice)
+    practice = [d for d in docs if d.startswith("Q: ")]   # the transcripts' lines, in the question's language only
+    assert practice and all(("所以总和是" in d) == zh(d.split("\n")[0]) != ("so the total is" in d) for d in practice)
     pairs = [d.split("User: ", 1)[1].split(". Assistant:") for d in docs if "User: " in d]   # (question, response)
     worked = [(q, ZERO.reasoning(r)) for q, r in pairs if " = " in (ZERO.reasoning(r) or "")]
     # the reasoning opens in the other language (--p-other-lang 0.3) or switches (--p-switch 0.15): ~40% in all
