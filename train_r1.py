@@ -93,8 +93,8 @@ def get_args(argv=None):
     p.add_argument("--task", default="arithmetic-bilingual", choices=sorted(TASKS), help="reasoning task")
     p.add_argument("--task-kwargs", default='{"n_terms": 5}', type=json_dict, help="JSON dict of task options")
     # stage 1: cold start
-    p.add_argument("--cold-prompts", type=positive_int, default=512, help="training questions sampled from R1-Zero")
-    p.add_argument("--cold-k", type=positive_int, default=4, help="R1-Zero samples per question")
+    p.add_argument("--cold-prompts", type=positive_int, default=2048, help="training questions sampled from R1-Zero")
+    p.add_argument("--cold-k", type=positive_int, default=2, help="R1-Zero samples per question")
     p.add_argument("--sample-temperature", type=positive_float, default=1.0, help="temperature of data sampling "
                                                                                   "(stages 1 and 3)")
     # SFT (stages 1 and 3)
@@ -111,8 +111,8 @@ def get_args(argv=None):
                    "consistency reward (paper: summed directly, i.e. 1; 0 = the ablation)")
     add_grpo_args(p)      # --prompts-per-step, --group-size, --lr, --warmup (SFT too), --beta, ... as train_zero.py
     # stage 3: rejection sampling + general data
-    p.add_argument("--rs-prompts", type=positive_int, default=512, help="training questions sampled from stage 2")
-    p.add_argument("--rs-k", type=positive_int, default=4, help="stage-2 samples per question")
+    p.add_argument("--rs-prompts", type=positive_int, default=2048, help="training questions sampled from stage 2")
+    p.add_argument("--rs-k", type=positive_int, default=2, help="stage-2 samples per question")
     p.add_argument("--general-share", type=fraction, default=0.25, help="share of general data in the stage-3 "
                    "mix and of general prompts in stage-4 batches")
     # stage 4: reward models
