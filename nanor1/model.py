@@ -137,6 +137,9 @@ class ModelConfig:
 # Named presets. tiny runs in seconds on a CPU; the others are the published shapes.
 PRESETS: dict[str, dict] = {
     "tiny": dict(),
+    # the distillation student (distill.py, paper sec. 4.1): dense GQA + SwiGLU, no MoE; 0.50M parameters, 0.46M
+    # active (tiny: 1.55M / 0.82M)
+    "tiny-dense": dict(attn="gqa", dim=96, n_heads=4, n_kv_heads=2, head_dim=24, inter_dim=256, n_routed_experts=0),
     "small": dict(vocab_size=32768, dim=1024, n_layers=16, n_heads=16, max_seq_len=4096, q_lora_rank=384,
                   kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, inter_dim=2816,
                   n_dense_layers=1, n_routed_experts=64, n_shared_experts=2, n_activated_experts=6,
