@@ -102,7 +102,7 @@ def get_args(argv=None):
     p.add_argument("--task-kwargs", default='{"n_terms": 5}', type=json_dict, help="JSON dict of task options")
     # student
     p.add_argument("--student", default=DEFAULT_STUDENT, help="the student's starting checkpoint (nanor1 or HF "
-                   f"folder); the default is pretrained when missing, on --teacher-base's corpus")
+                   "folder); the default is pretrained when missing, on --teacher-base's corpus")
     p.add_argument("--student-preset", default="tiny-dense", choices=sorted(PRESETS), help="preset of the default "
                                                                                           "student base")
     p.add_argument("--teacher-base", default=DEFAULT_BASE, help="the R1 base whose recorded pretraining flags make "
@@ -325,13 +325,14 @@ def main(argv=None):
     model, tokenizer, state = checkpoint.load(checkpoint.find(ckpt) if resuming else student, device=device)
     if tokenizer is None:
         raise FileNotFoundError(f"{student} has no tokenizer.json; the student needs one to read the traces")
-    n_active = model.num_params()["active_params"]
+    params = model.num_params()                      # (before sharding)
+    n_active = params["active_params"]
     examples = [render(tokenizer, R1, r["question"], r["response"]) for r in records]   # (ids, loss mask)
     too_long = [i for i, (ids, _) in enumerate(examples) if len(ids) > model.cfg.max_seq_len]
     if too_long:
         raise TraceError(f"{len(too_long)} traces are longer than the student's context ({model.cfg.max_seq_len} "
                          f"tokens), e.g. {out / 'traces.jsonl'}:{too_long[0] + 1}")
-    print0(f"student: {student} {json.dumps(model.num_params())}, {len(examples)} traces, "
+    print0(f"student: {student} {json.dumps(params)}, {len(examples)} traces, "
            f"{sum(sum(m) for _, m in examples) / len(examples):.1f} response tokens each on average")
 
     # 3. SFT, loss on the response only
@@ -420,7 +421,7 @@ def main(argv=None):
 
     # 5. results: the distilled student, its compute, and the RL run on the same base when given
     train_tokens = sum(tokens_per_step)
-    results = {"traces": trace_stats, "student": {"checkpoint": str(student), **model.num_params(),
+    results = {"traces": trace_stats, "student": {"checkpoint": str(student), **params,
                                                   "same_tokenizer_as_teacher": same_tokenizer(student,
                                                                                               Path(args.teacher_base))},
                "eval": report, "eval_settings": {"task": args.task, "task_kwargs": args.task_kwargs,

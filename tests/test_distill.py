@@ -3,7 +3,6 @@ interrupted run resumes to the uninterrupted run's weights, bad traces are clear
 touched, and the default student base is pretrained on the teacher base's corpus (same tokenizer), next to which an
 RL run on it is reported."""
 import json
-import random
 from contextlib import contextmanager
 
 import pytest
