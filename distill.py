@@ -191,7 +191,7 @@ def pretrain_argv(recorded: dict, **changes) -> list[str]:
         flag = "--" + key.replace("_", "-")
         if value == defaults[key]:
             continue
-        if isinstance(value, bool):                      # pretrain.py's booleans are --x / --no-x
+        if isinstance(value, bool):                      # a switch: --x (or --no-x, for a default-on one)
             argv.append(flag if value else "--no-" + flag[2:])
         else:
             argv += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]

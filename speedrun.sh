@@ -104,7 +104,8 @@ stage "6 distillation (distill.py)" "$PY" distill.py --traces "$OUT/r1/stage3/sf
     --compare-rl "$OUT/zero-dense" --resume "${DISTILL[@]}"
 
 # 7. Every model on the same held-out problems, T=0.6, top-p 0.95, k samples each, the template each was trained
-#    with (read from its checkpoint): pass@1 with a 95% bootstrap interval, cons@k, pass@k, format, length.
+#    with (read from its checkpoint): pass@1 with a 95% bootstrap interval, cons@k, pass@k, format, readability,
+#    language consistency, length, truncation.
 stage "7 evaluation (evaluate.py)" "$PY" evaluate.py \
     "$OUT/base-r1" "$OUT/zero-r1/checkpoint" "$OUT"/r1/stage{1,2,3,4}/checkpoint \
     "$OUT/base-dense" "$OUT/zero-dense/checkpoint" "$OUT/distill/checkpoint" \

@@ -128,7 +128,7 @@ def test_bad_traces_are_clear_errors(inputs, tmp_path, monkeypatch):
 def test_pretrain_argv_replays_a_recorded_run():
     import pretrain
     recorded = vars(pretrain.get_args(["--task", "arithmetic-bilingual", "--task-kwargs", '{"n_terms": 3}',
-                                       "--p-general", "0.05", "--no-practice-step-words", "--steps", "7"]))
+                                       "--p-general", "0.05", "--p-other-lang", "0.2", "--steps", "7"]))
     argv = distill.pretrain_argv(recorded, preset="tiny-dense", out="x")
     assert vars(pretrain.get_args(argv)) == {**recorded, "preset": "tiny-dense", "out": "x"}
     with pytest.raises(ValueError, match="--no-such-flag"):
