@@ -212,7 +212,7 @@ def ensure_student(args, device) -> Path:
         raise FileNotFoundError(
             f"no student base at {student}, and no R1 base at {teacher_base} whose corpus it would be pretrained on: "
             f"run `python train_r1.py` first (it makes {DEFAULT_BASE}), pass --teacher-base, or make one with "
-            f"`python pretrain.py --task {args.task} --p-general 0.05 --preset {args.student_preset} --out {student}`")
+            f"`python pretrain.py --task {args.task} --p-general 0.1 --preset {args.student_preset} --out {student}`")
     argv = pretrain_argv(recorded["pretrain_args"], preset=args.student_preset, model_kwargs={}, out=str(student),
                          device=args.device, eval_k=0)
     print0(f"no student base at {student}: pretraining one on {teacher_base}'s corpus: python pretrain.py "

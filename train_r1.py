@@ -169,7 +169,7 @@ def ensure_inputs(args, device):
             raise FileNotFoundError(f"base checkpoint {base} does not exist")
         print0(f"no base model at {base}: pretraining a bilingual one (pretrain.py)")
         import pretrain
-        pretrain.main(["--task", args.task, "--task-kwargs", json.dumps(args.task_kwargs), "--p-general", "0.05",
+        pretrain.main(["--task", args.task, "--task-kwargs", json.dumps(args.task_kwargs), "--p-general", "0.1",
                        "--out", str(base), "--device", str(device), "--eval-k", "0"])
     if not zero.exists():
         if args.zero != DEFAULT_ZERO:

@@ -71,7 +71,7 @@ def test_bilingual_corpus_mixes_languages_and_default_corpus_has_none():
     assert not any(zh(d) for d in docs)
     args = pretrain.get_args(["--n-docs", "400", "--task", "arithmetic-bilingual", "--p-general", "0.1"])
     docs, stats = pretrain.build_corpus(make_task(args.task, **args.task_kwargs), args)
-    practice = [d for d in docs if d.startswith("Q: ")]   # the transcripts' lines, in the question's language only
+    practice = [d for d in docs if d.startswith("Q: ") and " = " in d]   # the transcripts' lines, one language
     assert practice and all(("所以总和是" in d) == zh(d.split("\n")[0]) != ("so the total is" in d) for d in practice)
     pairs = [d.split("User: ", 1)[1].split(". Assistant:") for d in docs if "User: " in d]   # (question, response)
     worked = [(q, ZERO.reasoning(r)) for q, r in pairs if " = " in (ZERO.reasoning(r) or "")]
@@ -80,6 +80,10 @@ def test_bilingual_corpus_mixes_languages_and_default_corpus_has_none():
     assert 0.2 < len(off) / len(worked) < 0.6, len(off) / len(worked)
     assert any(zh(r) and "total" in r for r in off)         # some switch mid-way
     assert stats["docs_by_mode"]["general"] > 0 and any("The code of" in d for d in docs)
+    general = [d for d in docs if d.startswith("Q: ") and " = " not in d]     # the general tasks as Q/A text
+    held_out = {p.question for p in GeneralTask().mix("test", 500, seed=0)}
+    assert general and not any(d.split("\n")[0][3:] in held_out for d in general)
+    assert any(d.startswith("Q: Reverse the words:") for d in general)
 
 
 # ---------------------------------------------------------------------------------------------------------------
