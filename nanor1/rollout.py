@@ -161,6 +161,18 @@ def behaviour_stats(ro: Rollouts) -> dict:
     return stats
 
 
+def gather_rollouts(ro: Rollouts | None) -> Rollouts:
+    """Data parallel: every rank's Rollouts (None: a rank with no problems), concatenated in rank order, on every
+    rank; with contiguous shares (fsdp.share) that is problem order. Generation tensors travel on the CPU, without
+    routing. One process: `ro` as it is. A collective: call it on every rank."""
+    if world_size() == 1:
+        return ro
+    gen = None if ro is None else replace(ro.gen, tokens=ro.gen.tokens.cpu(), logprobs=ro.gen.logprobs.cpu(),
+                                          mask=ro.gen.mask.cpu(), routing=None)
+    parts = all_gather_objects(None if ro is None else replace(ro, gen=gen))
+    return Rollouts.cat([part for part in parts if part is not None])
+
+
 def evaluate(model, tokenizer, problems, *, template, k: int = 8, temperature: float = 0.6, top_p: float = 0.95,
              max_new_tokens: int = 256, seed: int = 0, n_examples: int = 4, decode_mode: str = "eager") -> dict:
     """pass@1 (mean over k samples), pass@k, cons@k, format rate and behaviour stats on held-out problems.
@@ -171,11 +183,7 @@ def evaluate(model, tokenizer, problems, *, template, k: int = 8, temperature: f
                  decode_mode=decode_mode,
                  params=SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p),
                  reward_fn=rule_rewards({"accuracy": 1.0, "format": 1.0}, template)) if hi > lo else None
-    if world_size() > 1:   # every rank's groups, in problem order (generation tensors on the CPU for the trip)
-        gen = None if ro is None else replace(ro.gen, tokens=ro.gen.tokens.cpu(), logprobs=ro.gen.logprobs.cpu(),
-                                              mask=ro.gen.mask.cpu(), routing=None)
-        parts = all_gather_objects(None if ro is None else replace(ro, gen=gen))
-        ro = Rollouts.cat([part for part in parts if part is not None])
+    ro = gather_rollouts(ro)
     correct = [[c > 0.5 for c in ro.components["accuracy"][i * k:(i + 1) * k]] for i in range(len(problems))]
     cons = 0.0
     for i, problem in enumerate(problems):
