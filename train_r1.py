@@ -373,7 +373,7 @@ def sft(args, n: int, folder: Path, records: list[dict], steps: int, device, log
 # GRPO (stages 2 and 4): train_zero.rl_step with the R1 template and this stage's reward function
 
 
-def grpo(args, n: int, folder: Path, init: Path, steps: int, device, log, train_batch, reward_fn, evaluate):
+def grpo(args, n: int, folder: Path, init: Path, steps: int, device, log, train_batch, reward_fn, evaluate, task):
     policy, tokenizer, state = resume_or_load(folder, init, device)
     optimizer = make_optimizer(policy, args.lr, args.weight_decay)         # after sharding, before any forward
     cfg = grpo_config(args)
@@ -391,7 +391,8 @@ def grpo(args, n: int, folder: Path, init: Path, steps: int, device, log, train_
         problems = train_batch(step)
         lo, hi = fsdp.share(len(problems))   # data parallel: this rank's questions, from index lo of the step
         metrics = rl_step(policy, optimizer, tokenizer, R1, problems[lo:hi], reward_fn, cfg,
-                          seed=args.seed * 100_003 + step, ref=ref, first_index=lo)
+                          seed=args.seed * 100_003 + step, ref=ref, first_index=lo,
+                          refill=lambda k, s=step: refill(args, task, n, s, k))
         log.log(step=step + 1, **metrics, **reward_metrics(reward_fn))
         bar.set_postfix(reward=f"{metrics['reward']:.2f}", len=f"{metrics['mean_length']:.0f}")
         done = step + 1
@@ -406,6 +407,12 @@ def grpo(args, n: int, folder: Path, init: Path, steps: int, device, log, train_
     if report is None:                                           # nothing trained in this call: report anyway
         report = evaluate(policy, tokenizer, steps)
     return policy, tokenizer, {k.removeprefix("eval/"): v for k, v in report.items()}
+
+
+def refill(args, task, n: int, step: int, k: int) -> list:
+    """--dynamic-sampling: k new reasoning questions for stage n's step (data parallel: this rank's own, each rank
+    refilling its own groups; general prompts, scored by reward models, are rarely all equal)."""
+    return task.sample("train", k, seed=hash((args.seed, n, step, 1, fsdp.rank())) & 0x7FFFFFFF)
 
 
 def reward_metrics(reward_fn) -> dict:
@@ -501,7 +508,8 @@ def stage2(args, task, eval_problems, device):
                                                         f"step{step:05d}").items()}
     train_batch = lambda step: task.sample("train", args.prompts_per_step,    # noqa: E731
                                            seed=hash((args.seed, 2, step)) & 0x7FFFFFFF)
-    report = grpo(args, 2, folder, init, args.rl_steps, device, log, train_batch, rule_reward_fn(args), evaluate)[2]
+    report = grpo(args, 2, folder, init, args.rl_steps, device, log, train_batch, rule_reward_fn(args), evaluate,
+                  task)[2]
     log.close()
     return report
 
@@ -633,7 +641,7 @@ def stage4(args, task, general, eval_problems, eval_general, device):
         return (task.sample("train", args.prompts_per_step - n_general, seed=seed)
                 + general.mix("train", n_general, seed=seed))
     report = grpo(args, 4, folder, init, args.rl4_steps, device, log, train_batch,
-                  all_scenario_reward_fn(args, rms, tokenizer), evaluate)[2]
+                  all_scenario_reward_fn(args, rms, tokenizer), evaluate, task)[2]
     log.close()
     return report
 

@@ -131,21 +131,26 @@ def informative_groups(ro: Rollouts) -> list[int]:
 def fill_groups(ro: Rollouts, more, max_refills: int) -> tuple[Rollouts, int]:
     """Dynamic sampling (DAPO): keep the informative groups of `ro` and add those of more(n, attempt) -> Rollouts
     for n new questions, until there are as many groups as before or max_refills is spent. If no group at all is
-    informative, `ro` comes back as it is (all advantages 0). Returns (Rollouts, number of groups sampled)."""
+    informative, `ro` comes back as it is (all advantages 0). Returns (Rollouts, number of groups sampled).
+
+    Data parallel (a collective: call it on every rank), each rank refills its own groups, and FSDP needs every
+    rank to run the same passes: all ranks refill while any one is short (a full rank calls more(0, attempt), which
+    must take part in the gathering of the weights and may return None), and all keep the smallest rank's number
+    of groups (the ranks' batches then have the same number of rows, so of micro-batches and optimizer steps)."""
     want, sampled = len(ro.problems), len(ro.problems)
     kept = [ro.groups(informative_groups(ro))]
     for attempt in range(max_refills):
-        have = sum(len(k.problems) for k in kept)
-        if have >= want:
+        short = max(want - sum(len(k.problems) for k in kept), 0)
+        if not any(all_gather_objects(short > 0)):     # no rank is short (one process: this one is not)
             break
-        extra = more(want - have, attempt)
-        sampled += len(extra.problems)
-        kept.append(extra.groups(informative_groups(extra)))
+        extra = more(short, attempt)
+        if extra is not None and extra.problems:
+            sampled += len(extra.problems)
+            kept.append(extra.groups(informative_groups(extra)))
     kept = [k for k in kept if k.problems]
-    if not kept:
-        return ro, sampled
-    merged = Rollouts.cat(kept)
-    return merged.groups(list(range(min(want, len(merged.problems))))), sampled
+    out = Rollouts.cat(kept) if kept else ro
+    n = min(all_gather_objects(min(want, len(out.problems))))     # the same number of groups on every rank
+    return out.groups(list(range(n))), sampled
 
 
 def behaviour_stats(ro: Rollouts) -> dict:

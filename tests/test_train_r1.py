@@ -278,7 +278,7 @@ def test_all_four_stages_data_parallel(inputs):
                           "--rl4-steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--rs-prompts", "8",
                           "--rs-k", "2", "--rm-steps", "1", "--rm-pairs", "4", "--rm-batch", "4",
                           "--eval-problems", "3", "--eval-k", "2", "--eval-general", "3", "--eval-every", "1",
-                          "--save-every", "1"]
+                          "--save-every", "1", "--dynamic-sampling"]
     dp, one = root / "dp", root / "one"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
