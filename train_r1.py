@@ -37,14 +37,16 @@ Commands:
   torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train_r1.py ...
 Not yet: an HF base with a JSONL of math problems (--task-file).
 
-Under torchrun every stage is data-parallel and gives, up to float rounding, the run of one process: SFT (stages 1,
-3) and the RL policy (stages 2, 4) are FSDP-sharded, each rank taking its rows of every global SFT batch (its loss
-weighted by its share of the batch's tokens) and its share of every RL step's questions (train_zero.rl_step); data
-sampling (stages 1, 3) and held-out evaluations split the questions over the ranks, whole groups on one rank,
-seeded by the question's index, and gather the samples to every rank in question order, so the cold-start and SFT
-mix files do not depend on the number of ranks. The reward models (small, trained once) are trained on every rank
-identically, with no communication. Rank 0 writes the files; stages save <stage>/checkpoint-sharded (for --resume
-of the stage at the same number of ranks, each rank's RNG included) next to the full-weight checkpoint/.
+Under torchrun every stage is data-parallel: SFT (stages 1, 3) and the RL policy (stages 2, 4) are FSDP-sharded,
+each rank taking its rows of every global SFT batch (its loss weighted by its share of the batch's tokens, so the
+gradient is one process's) and its share of every RL step's questions (train_zero.rl_step); data sampling (stages 1,
+3) and held-out evaluations split the questions over the ranks, whole groups on one rank, each seeded by its index,
+and gather the samples to every rank in question order, so the cold-start and SFT-mix files do not depend on the
+number of ranks. The reward models (small, trained once) are trained on every rank identically, without
+communication. Rank 0 writes the files; each stage saves <stage>/checkpoint-sharded (optimizer state and each
+rank's RNG, to continue the stage exactly at the same number of ranks) next to the full-weight checkpoint/ (which
+the next stage reads). Not equal to one process beyond rounding: MoE routers count padding tokens too, and each rank
+pads its SFT rows to its own longest, so SFT routing-bias updates differ; --dynamic-sampling refills per rank.
 
 Deviations from the paper (besides scale):
 - Cold-start "rewriting" is a rule (strip the R1-Zero tags, one step per line, add the summary), not human
