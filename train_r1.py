@@ -33,7 +33,20 @@ Commands:
   python train_r1.py --stage 2                       # one stage (its input stage must be done)
   python train_r1.py --stage 2 --language-weight 0 --tag nolang      # the language-reward ablation
   python train_r1.py --device cuda --out runs/r1-gpu --rl-steps 200 --rl4-steps 100 --eval-problems 500
-Not yet: an HF base with a JSONL of math problems (--task-file), multi-GPU (single process for now).
+  torchrun --nproc_per_node 8 train_r1.py --device cuda --out runs/r1-gpu --prompts-per-step 64   # FSDP, one node
+  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train_r1.py ...
+Not yet: an HF base with a JSONL of math problems (--task-file).
+
+Under torchrun every stage is data-parallel: SFT (stages 1, 3) and the RL policy (stages 2, 4) are FSDP-sharded,
+each rank taking its rows of every global SFT batch (its loss weighted by its share of the batch's tokens, so the
+gradient is one process's) and its share of every RL step's questions (train_zero.rl_step); data sampling (stages 1,
+3) and held-out evaluations split the questions over the ranks, whole groups on one rank, each seeded by its index,
+and gather the samples to every rank in question order, so the cold-start and SFT-mix files do not depend on the
+number of ranks. The reward models (small, trained once) are trained on every rank identically, without
+communication. Rank 0 writes the files; each stage saves <stage>/checkpoint-sharded (optimizer state and each
+rank's RNG, to continue the stage exactly at the same number of ranks) next to the full-weight checkpoint/ (which
+the next stage reads). Not equal to one process beyond rounding: MoE routers count padding tokens too, and each rank
+pads its SFT rows to its own longest, so SFT routing-bias updates differ; --dynamic-sampling refills per rank.
 
 Deviations from the paper (besides scale):
 - Cold-start "rewriting" is a rule (strip the R1-Zero tags, one step per line, add the summary), not human
@@ -57,10 +70,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nanor1 import checkpoint, reward_model
+from nanor1 import checkpoint, fsdp, reward_model
+from nanor1.fsdp import world_size
 from nanor1.rewards import (compute_rewards, general_quality, grade_answer, is_readable, private_leak,
                             rejection_filter)
-from nanor1.rollout import rollout
+from nanor1.rollout import Rollouts, gather_rollouts, rollout
 from nanor1.sampler import SamplingParams
 from nanor1.scoring import majority_vote, mean_pass_at_1
 from nanor1.sft import collate, length_bucketed_batches, load_conversations, render, sft_loss
@@ -68,7 +82,7 @@ from nanor1.tasks import TASKS, GeneralTask, make_task
 from nanor1.templates import get_template
 from nanor1.tokenizer import Tokenizer
 from nanor1.training import (JsonlLogger, autocast, clip_grad, json_dict, lr_at, make_optimizer, nonnegative_float,
-                             nonnegative_int, pick_device, positive_float, positive_int, print0, fraction,
+                             nonnegative_int, positive_float, positive_int, print0, fraction,
                              rng_state, seed_everything, set_lr, set_rng_state)
 from train_zero import add_grpo_args, grpo_config, rl_step
 
@@ -182,22 +196,48 @@ def ensure_inputs(args, device):
 
 
 def resume_or_load(folder: Path, init: Path, device):
-    """(model, tokenizer, train_state or None): the stage's own checkpoint if it has one, else its input."""
+    """(model, tokenizer, state): the stage's own checkpoint if it has one (state: its train state, {} when several
+    ranks saved it), else its input (state None). Under torchrun the model comes back FSDP-sharded: create the
+    optimizer after this, then `restore` it when state is not None."""
     ckpt = folder / "checkpoint"
-    if checkpoint.find(ckpt):
-        model, tokenizer, state = checkpoint.load(ckpt, device=device)
-        print0(f"resuming {folder} at step {state['step']}")
-        return model, tokenizer, state
-    model, tokenizer, _ = checkpoint.load(init, device=device)
+    resumed = checkpoint.find(ckpt) is not None
+    model, tokenizer, state = checkpoint.load(ckpt if resumed else init, device=device)
     if tokenizer is None:
         raise ValueError(f"{init} has no tokenizer.json; train_r1 needs one to build prompts and read answers")
-    return model, tokenizer, None
+    if world_size() > 1:   # FSDP: each rank keeps its shards
+        fsdp.shard_model(model, mixed_precision=model.embed.weight.device.type == "cuda")
+    return model, tokenizer, (state or {}) if resumed else None
+
+
+def restore(folder: Path, model, optimizer, state: dict) -> int:
+    """The optimizer and RNG state of the stage's checkpoint (one process: checkpoint/train_state.pt; saved by
+    several ranks: checkpoint-sharded, whose model state is loaded too); returns the step to continue from."""
+    ckpt, sharded = folder / "checkpoint", folder / "checkpoint-sharded"
+    step = checkpoint.read_extra(ckpt)["step"]
+    if world_size() > 1 or not state:   # saved by a data-parallel run (or resumed by one): the sharded state
+        if not (sharded / fsdp.DCP_META).is_file():
+            raise SystemExit(f"{ckpt} was saved by one process: resume stage {folder.name} with one process, "
+                             f"or delete {folder} to start it again")
+        info = fsdp.load_sharded(sharded, model, optimizer)
+        if info["step"] != step:
+            raise SystemExit(f"{sharded} is at step {info['step']}, {ckpt} at step {step}: the run was "
+                             "interrupted between its two saves or changed by hand; delete the stage folder")
+        state = {"step": info["step"], "rng": (info["rank_state"] or {}).get("rng")}
+    else:
+        optimizer.load_state_dict(state["optimizer"])
+    if state["rng"] is not None:     # (None: a sharded checkpoint of another number of ranks)
+        set_rng_state(state["rng"])
+    print0(f"resuming {folder} at step {state['step']}")
+    return state["step"]
 
 
 def save_stage(folder: Path, n: int, model, tokenizer, optimizer, step: int, total: int, **extra):
-    checkpoint.save(folder / "checkpoint", model, tokenizer=tokenizer,
-                    extra={"template": R1.name, "stage": n, "done": step >= total, "step": step, "total": total,
-                           **extra},
+    extra = {"template": R1.name, "stage": n, "done": step >= total, "step": step, "total": total, **extra}
+    if world_size() > 1:   # data parallel: the sharded state for --resume, then the full weights for the next stage
+        fsdp.save_sharded(folder / "checkpoint-sharded", model, optimizer, step=step, rank_state={"rng": rng_state()})
+        checkpoint.save(folder / "checkpoint", model, tokenizer=tokenizer, extra=extra)
+        return
+    checkpoint.save(folder / "checkpoint", model, tokenizer=tokenizer, extra=extra,
                     train_state={"optimizer": optimizer.state_dict(), "step": step, "rng": rng_state()})
 
 
@@ -219,6 +259,9 @@ def stage_done(args, n: int, total: int) -> dict | None:
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Rank 0 writes (all ranks hold the same records)."""
+    if not fsdp.is_main():
+        return
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
@@ -230,13 +273,23 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 # Evaluation: reasoning (rules) and general tasks (rules next to reward models)
 
 
+def sample(model, tokenizer, problems, **kw) -> Rollouts:
+    """rollout() of the problems, data parallel under torchrun: each rank samples its contiguous share (whole
+    groups, each seeded by its problem's index, with the full weights: fsdp.gathered) and scores it, and every rank
+    gets all the groups back in problem order, as one process would have sampled them."""
+    lo, hi = fsdp.share(len(problems))
+    with fsdp.gathered(model):
+        ro = rollout(model, tokenizer, problems[lo:hi], first_index=lo, **kw) if hi > lo else None
+    return gather_rollouts(ro)
+
+
 def reasoning_eval(model, tokenizer, problems, template, args, out: Path, name: str) -> dict:
     """pass@1 (mean of k), cons@k, format, language consistency, readability and length on held-out problems."""
     k = args.eval_k
-    ro = rollout(model, tokenizer, problems, template=template, group_size=k, seed=args.seed,
-                 params=SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.6, top_p=0.95),
-                 reward_fn=lambda texts, probs: compute_rewards(texts, probs, {"accuracy": 1, "format": 1,
-                                                                              "language": 1}, template))
+    ro = sample(model, tokenizer, problems, template=template, group_size=k, seed=args.seed,
+                params=SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.6, top_p=0.95),
+                reward_fn=lambda texts, probs: compute_rewards(texts, probs, {"accuracy": 1, "format": 1,
+                                                                             "language": 1}, template))
     rows = [problems[i // k] for i in range(len(ro.texts))]
     correct = [[c > 0.5 for c in ro.components["accuracy"][i * k:(i + 1) * k]] for i in range(len(problems))]
     cons = 0
@@ -259,8 +312,8 @@ def reasoning_eval(model, tokenizer, problems, template, args, out: Path, name: 
 def general_eval(model, tokenizer, problems, args, rms: dict | None = None) -> dict:
     """One sample per held-out general prompt: the rule checks (answer == reference, leaked private code) and, when
     given, the mean reward-model scores of the same samples."""
-    ro = rollout(model, tokenizer, problems, template=R1, group_size=1, seed=args.seed + 1,
-                 params=SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.6, top_p=0.95))
+    ro = sample(model, tokenizer, problems, template=R1, group_size=1, seed=args.seed + 1,
+                params=SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.6, top_p=0.95))
     report = {"rule_quality": sum(general_quality(t, p, R1) for t, p in zip(ro.texts, problems)) / len(problems),
               "rule_leak": sum(private_leak(t, p) for t, p in zip(ro.texts, problems)) / len(problems)}
     for aspect, rm in (rms or {}).items():
@@ -276,34 +329,38 @@ def general_eval(model, tokenizer, problems, args, rms: dict | None = None) -> d
 def sft(args, n: int, folder: Path, records: list[dict], steps: int, device, log):
     """SFT the BASE on (question, response) records, loss on the response only; resumes from folder/checkpoint."""
     model, tokenizer, state = resume_or_load(folder, Path(args.base), device)
-    optimizer = make_optimizer(model, args.sft_lr, weight_decay=0.0)
-    start = 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+    optimizer = make_optimizer(model, args.sft_lr, weight_decay=0.0)       # after sharding, before any forward
+    start = 0 if state is None else restore(folder, model, optimizer, state)
     examples = [render(tokenizer, R1, r["question"], r["response"]) for r in records]
     too_long = sum(len(ids) > model.cfg.max_seq_len for ids, _ in examples)
     if too_long:
         raise ValueError(f"{too_long} SFT examples exceed max_seq_len={model.cfg.max_seq_len}")
+    if steps and min(len(examples), args.sft_batch) < world_size():
+        raise SystemExit(f"{world_size()} ranks need --sft-batch and the stage's {len(examples)} SFT examples to be "
+                         f">= {world_size()} (a row for each rank)")
     lengths, order = [len(ids) for ids, _ in examples], []
     epoch = 0
     while len(order) < steps:  # the batch of every step, fixed by (seed, epoch): a resumed run sees the same data
-        order += length_bucketed_batches(lengths, args.sft_batch, random.Random(args.seed * 1000 + epoch))
+        batches = length_bucketed_batches(lengths, args.sft_batch, random.Random(args.seed * 1000 + epoch))
+        order += [b for b in batches if len(b) >= world_size()]    # (data parallel: a row for each rank)
         epoch += 1
     model.train()
-    for step in (bar := tqdm(range(start, steps), desc=f"stage {n} SFT", initial=start, total=steps)):
+    for step in (bar := tqdm(range(start, steps), desc=f"stage {n} SFT", initial=start, total=steps,
+                             disable=not fsdp.is_main())):
         lr = lr_at(step, max_lr=args.sft_lr, warmup=args.warmup, total=steps)
         set_lr(optimizer, lr)
-        tokens, loss_mask = collate([examples[i] for i in order[step]], tokenizer.pad_id, device)   # [B, T]
+        lo, hi = fsdp.share(len(order[step]))    # data parallel: this rank's rows of the global batch
+        tokens, loss_mask = collate([examples[i] for i in order[step][lo:hi]], tokenizer.pad_id, device)   # [B, T]
         with autocast(device):
             loss, stats = sft_loss(model, tokens, loss_mask)
+            loss = loss * fsdp.token_share(loss_mask[:, 1:])   # data parallel: the global token mean (1 in one process)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = clip_grad(model, 1.0)
         if math.isfinite(norm):
             optimizer.step()
             model.update_routing_bias(1e-3)
+        stats = fsdp.reduce_metrics(stats, weight=int(loss_mask[:, 1:].sum()))   # over ranks: token-weighted means
         log.log(step=step + 1, lr=lr, grad_norm=norm, epoch=step * args.sft_batch / len(examples), **stats)
         bar.set_postfix(loss=f"{stats['lm_loss']:.3f}")
         if (step + 1) % args.save_every == 0 or step + 1 == steps:
@@ -318,26 +375,27 @@ def sft(args, n: int, folder: Path, records: list[dict], steps: int, device, log
 # GRPO (stages 2 and 4): train_zero.rl_step with the R1 template and this stage's reward function
 
 
-def grpo(args, n: int, folder: Path, init: Path, steps: int, device, log, train_batch, reward_fn, evaluate):
+def grpo(args, n: int, folder: Path, init: Path, steps: int, device, log, train_batch, reward_fn, evaluate, task):
     policy, tokenizer, state = resume_or_load(folder, init, device)
-    optimizer = make_optimizer(policy, args.lr, args.weight_decay)
+    optimizer = make_optimizer(policy, args.lr, args.weight_decay)         # after sharding, before any forward
     cfg = grpo_config(args)
     ref = None
-    if cfg.beta > 0:  # the KL term's frozen reference: the model this stage started from
+    if cfg.beta > 0:  # the KL term's frozen reference: the model this stage started from (whole on every rank)
         ref = checkpoint.load(init, device=device)[0].eval().requires_grad_(False)
     start, report = 0, None
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+        start = restore(folder, policy, optimizer, state)
     else:
         log.log(step=0, **evaluate(policy, tokenizer, 0))        # the stage's starting point, on held-out data
-    for step in (bar := tqdm(range(start, steps), desc=f"stage {n} RL", initial=start, total=steps)):
+    for step in (bar := tqdm(range(start, steps), desc=f"stage {n} RL", initial=start, total=steps,
+                             disable=not fsdp.is_main())):
         set_lr(optimizer, lr_at(step, max_lr=args.lr, warmup=args.warmup, total=steps, min_lr_ratio=1.0))
         problems = train_batch(step)
-        metrics = rl_step(policy, optimizer, tokenizer, R1, problems, reward_fn, cfg, seed=args.seed * 100_003 + step,
-                          ref=ref)
-        log.log(step=step + 1, **metrics, **getattr(reward_fn, "last", {}))
+        lo, hi = fsdp.share(len(problems))   # data parallel: this rank's questions, from index lo of the step
+        metrics = rl_step(policy, optimizer, tokenizer, R1, problems[lo:hi], reward_fn, cfg,
+                          seed=args.seed * 100_003 + step, ref=ref, first_index=lo,
+                          refill=lambda k, s=step: refill(args, task, n, s, k))
+        log.log(step=step + 1, **metrics, **reward_metrics(reward_fn))
         bar.set_postfix(reward=f"{metrics['reward']:.2f}", len=f"{metrics['mean_length']:.0f}")
         done = step + 1
         if done % args.save_every == 0 or done == steps:
@@ -345,12 +403,28 @@ def grpo(args, n: int, folder: Path, init: Path, steps: int, device, log, train_
         if done % args.eval_every == 0 or done == steps:
             report = evaluate(policy, tokenizer, done)
             log.log(step=done, **report)
-            tqdm.write(f"stage {n} step {done}: " + json.dumps(report))
+            print0(f"stage {n} step {done}: " + json.dumps(report))
     if steps == 0 or start >= steps:
         save_stage(folder, n, policy, tokenizer, optimizer, steps, steps)
     if report is None:                                           # nothing trained in this call: report anyway
         report = evaluate(policy, tokenizer, steps)
     return policy, tokenizer, {k.removeprefix("eval/"): v for k, v in report.items()}
+
+
+def refill(args, task, n: int, step: int, k: int) -> list:
+    """--dynamic-sampling: k new reasoning questions for stage n's step (data parallel: this rank's own, each rank
+    refilling its own groups; general prompts, scored by reward models, are rarely all equal)."""
+    return task.sample("train", k, seed=hash((args.seed, n, step, 1, fsdp.rank())) & 0x7FFFFFFF)
+
+
+def reward_metrics(reward_fn) -> dict:
+    """Stage 4's reward-function metrics of the last batch (means over its general and its reasoning rows), over
+    all ranks; {} for the rule reward. A collective under torchrun when there are any: every rank has the same."""
+    last = getattr(reward_fn, "last", None)
+    if last is None:
+        return {}
+    rows = reward_fn.last_rows                     # {"general": n, "reasoning": n} rows of this rank's last batch
+    return fsdp.reduce_metrics(last, weights={k: rows[k.split("/")[0]] for k in last})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -369,9 +443,10 @@ def rewrite_r1(completion: str, problem, task) -> str | None:
 
 
 def sample_and_filter(model, tokenizer, problems, template, k, args, seed, rewrite=None):
-    """k samples per problem, optionally rewritten, then the rejection filter. Returns (records, stats)."""
-    ro = rollout(model, tokenizer, problems, template=template, group_size=k, seed=seed,
-                 params=SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.sample_temperature))
+    """k samples per problem, optionally rewritten, then the rejection filter. Returns (records, stats): the same
+    on every rank and at any number of ranks (the samples are gathered in problem order before filtering)."""
+    ro = sample(model, tokenizer, problems, template=template, group_size=k, seed=seed,
+                params=SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.sample_temperature))
     rows = [problems[i // k] for i in range(len(ro.texts))]
     raw_readable = sum(is_readable(t, p.data.get("lang", "en"), template) for t, p in zip(ro.texts, rows))
     texts = ro.texts if rewrite is None else [rewrite(t, p) or "" for t, p in zip(ro.texts, rows)]
@@ -392,7 +467,9 @@ def stage1(args, task, eval_problems, device):
     folder.mkdir(parents=True, exist_ok=True)
     log = stage_log(folder)
     data = folder / "cold_start.jsonl"
-    if not data.exists():
+    made = data.exists()
+    fsdp.barrier()                                    # every rank has looked before rank 0 writes it
+    if not made:
         _, zero = ensure_inputs(args, device)
         model, tokenizer, _ = checkpoint.load(zero, device=device)
         model.eval()
@@ -409,7 +486,9 @@ def stage1(args, task, eval_problems, device):
                                f"{stats.get('correct', 0)}): the R1-Zero checkpoint solves too little; train it "
                                f"longer (train_zero.py --out {args.zero}) or sample more (--cold-prompts, --cold-k)")
         write_jsonl(data, records)
-        (folder / "zero_eval.json").write_text(json.dumps(zero_report, indent=2))
+        if fsdp.is_main():
+            (folder / "zero_eval.json").write_text(json.dumps(zero_report, indent=2))
+        fsdp.barrier()                                # written before any rank reads it
     model, tokenizer = sft(args, 1, folder, load_conversations(data), args.sft_steps, device, log)
     report = reasoning_eval(model, tokenizer, eval_problems, R1, args, folder, "stage1")
     log.log(step=args.sft_steps, **{f"eval/{k}": v for k, v in report.items()})
@@ -431,7 +510,8 @@ def stage2(args, task, eval_problems, device):
                                                         f"step{step:05d}").items()}
     train_batch = lambda step: task.sample("train", args.prompts_per_step,    # noqa: E731
                                            seed=hash((args.seed, 2, step)) & 0x7FFFFFFF)
-    report = grpo(args, 2, folder, init, args.rl_steps, device, log, train_batch, rule_reward_fn(args), evaluate)[2]
+    report = grpo(args, 2, folder, init, args.rl_steps, device, log, train_batch, rule_reward_fn(args), evaluate,
+                  task)[2]
     log.close()
     return report
 
@@ -442,7 +522,9 @@ def stage3(args, task, general, eval_problems, eval_general, device):
     folder.mkdir(parents=True, exist_ok=True)
     log = stage_log(folder)
     data = folder / "sft_mix.jsonl"
-    if not data.exists():
+    made = data.exists()
+    fsdp.barrier()                                    # every rank has looked before rank 0 writes it
+    if not made:
         model, tokenizer, _ = checkpoint.load(init, device=device)
         model.eval()
         problems = task.sample("train", args.rs_prompts, seed=args.seed + 3)
@@ -460,6 +542,7 @@ def stage3(args, task, general, eval_problems, eval_general, device):
         if not records:
             raise RuntimeError("stage 3 has no SFT data: no stage-2 sample passed the filter and --general-share is 0")
         write_jsonl(data, records)
+        fsdp.barrier()                                # written before any rank reads it
     model, tokenizer = sft(args, 3, folder, load_conversations(data), args.sft3_steps, device, log)
     report = reasoning_eval(model, tokenizer, eval_problems, R1, args, folder, "stage3")
     report.update({f"general/{k}": v for k, v in general_eval(model, tokenizer, eval_general, args).items()})
@@ -470,11 +553,14 @@ def stage3(args, task, general, eval_problems, eval_general, device):
 
 def train_reward_models(args, general, folder: Path, init: Path, device, log) -> dict:
     """One reward model per aspect, from the stage-3 model: Bradley-Terry on pairs of training prompts, accuracy on
-    pairs of held-out prompts. Saved under folder/rm_<aspect> and reused when present."""
+    pairs of held-out prompts. Saved under folder/rm_<aspect> and reused when present. Under torchrun every rank
+    trains the same model on the same pairs (they are small; one process's numbers), and rank 0 saves it."""
     rms = {}
+    made = {aspect: (folder / f"rm_{aspect}").is_dir() for aspect in reward_model.ASPECTS}
+    fsdp.barrier()                                    # every rank has looked before rank 0 writes one
     for aspect in reward_model.ASPECTS:
         path = folder / f"rm_{aspect}"
-        if path.is_dir():
+        if made[aspect]:
             rms[aspect] = reward_model.load(path, device=device)[0]
             continue
         backbone, tokenizer, _ = checkpoint.load(init, device=device)
@@ -487,7 +573,7 @@ def train_reward_models(args, general, folder: Path, init: Path, device, log) ->
                 for p in general.mix("test", args.eval_general, seed=args.seed + 5)]
         t0 = time.time()
         for i, batch in enumerate(tqdm(reward_model.batches(train, args.rm_batch, args.rm_steps, args.seed),
-                                       total=args.rm_steps, desc=f"RM {aspect}")):
+                                       total=args.rm_steps, desc=f"RM {aspect}", disable=not fsdp.is_main())):
             stats = reward_model.train_step(rm, optimizer, tokenizer, R1, batch)
             log.log(step=0, **{f"rm_{aspect}/train_{k}": v for k, v in stats.items()}, rm_step=i + 1)
         accuracy = reward_model.pairwise_accuracy(rm, tokenizer, R1, test)
@@ -529,6 +615,7 @@ def all_scenario_reward_fn(args, rms, tokenizer):
                 components["rule_quality"][i] = general_quality(texts[i], problems[i], R1)
                 components["rule_leak"][i] = private_leak(texts[i], problems[i])
         mean = lambda name, rows: sum(components[name][i] for i in rows) / len(rows) if rows else 0.0  # noqa: E731
+        reward_fn.last_rows = {"general": len(general), "reasoning": len(reasoning)}
         reward_fn.last = {f"general/train_{n}": mean(n, general) for n in names[3:]}
         reward_fn.last.update({f"reasoning/train_{n}": mean(n, reasoning) for n in names[:3]})
         return totals, components
@@ -556,7 +643,7 @@ def stage4(args, task, general, eval_problems, eval_general, device):
         return (task.sample("train", args.prompts_per_step - n_general, seed=seed)
                 + general.mix("train", n_general, seed=seed))
     report = grpo(args, 4, folder, init, args.rl4_steps, device, log, train_batch,
-                  all_scenario_reward_fn(args, rms, tokenizer), evaluate)[2]
+                  all_scenario_reward_fn(args, rms, tokenizer), evaluate, task)[2]
     log.close()
     return report
 
@@ -568,11 +655,15 @@ def stage4(args, task, general, eval_problems, eval_general, device):
 def main(argv=None):
     args = get_args(argv)
     seed_everything(args.seed)
-    device = pick_device(args.device)
+    device = fsdp.init_distributed(args.device)   # torchrun: join the process group; one process: just the device
+    if args.prompts_per_step % world_size():
+        # every rank must run the same number of forward/backward passes (FSDP's collectives)
+        raise SystemExit(f"{world_size()} ranks need --prompts-per-step divisible by {world_size()}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ("args.json" if args.stage is None else f"args_stage{args.stage}{args.tag and '-' + args.tag}.json")
-     ).write_text(json.dumps(vars(args), indent=2))
+    if fsdp.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ("args.json" if args.stage is None else f"args_stage{args.stage}{args.tag and '-' + args.tag}.json")
+         ).write_text(json.dumps(vars(args), indent=2))
     task, general = make_task(args.task, **args.task_kwargs), GeneralTask()
     eval_problems = task.sample("test", args.eval_problems, seed=args.seed)
     eval_general = general.mix("test", args.eval_general, seed=args.seed)
@@ -597,7 +688,8 @@ def main(argv=None):
         print0(f"stage {n} done in {timings[f'stage{n}'] / 60:.1f} min: " + json.dumps(summary[f"stage{n}"]))
     summary["seconds"] = timings
     name = "summary.json" if args.stage is None else f"summary_stage{args.stage}{args.tag and '-' + args.tag}.json"
-    (out / name).write_text(json.dumps(summary, indent=2))
+    if fsdp.is_main():
+        (out / name).write_text(json.dumps(summary, indent=2))
     keys = ["pass@1", f"cons@{args.eval_k}", "format_rate", "language_consistency", "readability", "mean_length"]
     print0(f"\n{'':8s}" + "".join(f"{k:>22s}" for k in keys))
     for stage, rep in summary.items():
@@ -609,5 +701,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
+        fsdp.shutdown()
     except (FileNotFoundError, RuntimeError) as e:   # a missing input or an empty data set: say what to do
         raise SystemExit(f"error: {e}") from None

@@ -28,7 +28,8 @@ Commands:
   torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train_zero.py ...
 Under torchrun (see dev/multinode.md) the model is FSDP-sharded and each rank samples its share of the step's
 questions, whole groups, seeded by their global index: the same run at any number of ranks, up to float rounding
-(with --minibatches 1: minibatches are cut within each rank's rows).
+(with --minibatches 1: minibatches are cut within each rank's rows; and without --dynamic-sampling, where each rank
+refills its own groups and all keep the shortest rank's count, see rollout.fill_groups).
 """
 import argparse
 import copy
@@ -147,7 +148,8 @@ def rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg: GR
     """One GRPO step on this rank's questions (whole groups); returns the step's metrics, over all ranks.
 
     reward_fn(texts, problems) -> (totals, components): the rule rewards (R1-Zero), or rules plus reward models
-    (R1 stage 4). refill(n) -> n new questions, for dynamic sampling. ref: the frozen reference model (beta > 0).
+    (R1 stage 4). refill(n) -> n new questions, for dynamic sampling (data parallel: this rank's own questions,
+    each rank refilling its own groups). ref: the frozen reference model (beta > 0).
     first_index: the step-wide index of problems[0] (data parallel), which seeds each question's samples.
     """
     device, t0 = policy.embed.weight.device, time.perf_counter()
@@ -156,13 +158,15 @@ def rl_step(policy, optimizer, tokenizer, template, problems, reward_fn, cfg: GR
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     def sample(questions, seed, first_index=0):  # noqa: E306
         with fsdp.gathered(policy):   # FSDP: full weights once per rollout, decoding without collectives
+            if not questions:         # (data parallel: a rank with nothing to refill still joins the gathering)
+                return None
             return rollout(policy, tokenizer, questions, template=template, params=params, group_size=cfg.group_size,
                            reward_fn=reward_fn, seed=seed, record_routing=cfg.replay_routing,
                            decode_mode=cfg.decode_mode, first_index=first_index)
     ro, n_sampled = sample(problems, seed, first_index), len(problems)
     if cfg.dynamic_sampling and refill is not None:  # DAPO: replace groups whose rewards are all equal
-        ro, n_sampled = fill_groups(ro, lambda n, attempt: sample(refill(n), seed + 7919 * (attempt + 1)),
-                                    cfg.max_refills)
+        ro, n_sampled = fill_groups(ro, lambda n, attempt: sample(refill(n) if n else [], seed + 7919 * (attempt + 1),
+                                                                  first_index), cfg.max_refills)
     t_generate = time.perf_counter() - t0
 
     # 2. Group-relative advantages (R1 eq. 3): no value network, the group mean is the baseline.
@@ -339,10 +343,9 @@ def main(argv=None):
     cfg, template = grpo_config(args), get_template(args.template)
     seed_everything(args.seed)
     device = fsdp.init_distributed(args.device)   # torchrun: join the process group; one process: just the device
-    if args.prompts_per_step % world_size() or (args.dynamic_sampling and world_size() > 1):
+    if args.prompts_per_step % world_size():
         # every rank must run the same number of forward/backward passes (FSDP's collectives)
-        raise SystemExit(f"{world_size()} ranks need --prompts-per-step divisible by {world_size()} "
-                         "(and no --dynamic-sampling, not data-parallel yet)")
+        raise SystemExit(f"{world_size()} ranks need --prompts-per-step divisible by {world_size()}")
     out, t_start = Path(args.out), time.time()
 
     base = Path(args.base)
@@ -413,7 +416,7 @@ def main(argv=None):
             lo, hi = fsdp.share(len(problems))   # data parallel: this rank's questions, from index lo of the step
             metrics = rl_step(policy, optimizer, tokenizer, template, problems[lo:hi], reward_fn, cfg,
                               seed=args.seed * 100_003 + step, ref=ref, first_index=lo,
-                              refill=lambda n, s=step: train_batch(s, n, salt=1))
+                              refill=lambda n, s=step: train_batch(s, n, salt=1 + fsdp.rank()))   # rank's own
             done = step + 1
             log.log(step=done, **metrics)
             bar.set_postfix(acc=f"{metrics['reward/accuracy']:.2f}", len=f"{metrics['mean_length']:.0f}",

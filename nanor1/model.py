@@ -265,13 +265,17 @@ def causal_mask(T: int, device) -> torch.Tensor:
 def write_cache(cache: dict, new: dict, start) -> dict:
     """Write each new[name] [B, T, ...] into cache[name] at slots start..start+T-1 and return what attention reads:
     slots [0, start+T) for an int start; all S slots for a tensor start (the slot is data, not shape, so one
-    captured CUDA graph serves every decode step)."""
+    captured CUDA graph serves every decode step). A cache of exactly `start` slots is extended out of place instead
+    (the caller keeps the result, not the cache): sampler.group_token_logprobs does so under FSDP2 with gradients,
+    whose views of a block's inputs cannot be written in place."""
     out = {}
     for name, x in new.items():
         c = cache[name][:x.size(0)]                                      # [B, S, ...] (a view: writes go through)
         if torch.is_tensor(start):
             c.index_copy_(1, start + torch.arange(x.size(1), device=x.device), x.to(c.dtype))
             out[name] = c
+        elif c.size(1) == start:
+            out[name] = torch.cat([c, x.to(c.dtype)], 1)                 # [B, start + T, ...]
         else:
             c[:, start:start + x.size(1)] = x
             out[name] = c[:, :start + x.size(1)]

@@ -131,21 +131,26 @@ def informative_groups(ro: Rollouts) -> list[int]:
 def fill_groups(ro: Rollouts, more, max_refills: int) -> tuple[Rollouts, int]:
     """Dynamic sampling (DAPO): keep the informative groups of `ro` and add those of more(n, attempt) -> Rollouts
     for n new questions, until there are as many groups as before or max_refills is spent. If no group at all is
-    informative, `ro` comes back as it is (all advantages 0). Returns (Rollouts, number of groups sampled)."""
+    informative, `ro` comes back as it is (all advantages 0). Returns (Rollouts, number of groups sampled).
+
+    Data parallel (a collective: call it on every rank), each rank refills its own groups, and FSDP needs every
+    rank to run the same passes: all ranks refill while any one is short (a full rank calls more(0, attempt), which
+    must take part in the gathering of the weights and may return None), and all keep the smallest rank's number
+    of groups (the ranks' batches then have the same number of rows, so of micro-batches and optimizer steps)."""
     want, sampled = len(ro.problems), len(ro.problems)
     kept = [ro.groups(informative_groups(ro))]
     for attempt in range(max_refills):
-        have = sum(len(k.problems) for k in kept)
-        if have >= want:
+        short = max(want - sum(len(k.problems) for k in kept), 0)
+        if not any(all_gather_objects(short > 0)):     # no rank is short (one process: this one is not)
             break
-        extra = more(want - have, attempt)
-        sampled += len(extra.problems)
-        kept.append(extra.groups(informative_groups(extra)))
+        extra = more(short, attempt)
+        if extra is not None and extra.problems:
+            sampled += len(extra.problems)
+            kept.append(extra.groups(informative_groups(extra)))
     kept = [k for k in kept if k.problems]
-    if not kept:
-        return ro, sampled
-    merged = Rollouts.cat(kept)
-    return merged.groups(list(range(min(want, len(merged.problems))))), sampled
+    out = Rollouts.cat(kept) if kept else ro
+    n = min(all_gather_objects(min(want, len(out.problems))))     # the same number of groups on every rank
+    return out.groups(list(range(n))), sampled
 
 
 def behaviour_stats(ro: Rollouts) -> dict:
@@ -161,6 +166,18 @@ def behaviour_stats(ro: Rollouts) -> dict:
     return stats
 
 
+def gather_rollouts(ro: Rollouts | None) -> Rollouts:
+    """Data parallel: every rank's Rollouts (None: a rank with no problems), concatenated in rank order, on every
+    rank; with contiguous shares (fsdp.share) that is problem order. Generation tensors travel on the CPU, without
+    routing. One process: `ro` as it is. A collective: call it on every rank."""
+    if world_size() == 1:
+        return ro
+    gen = None if ro is None else replace(ro.gen, tokens=ro.gen.tokens.cpu(), logprobs=ro.gen.logprobs.cpu(),
+                                          mask=ro.gen.mask.cpu(), routing=None)
+    parts = all_gather_objects(None if ro is None else replace(ro, gen=gen))
+    return Rollouts.cat([part for part in parts if part is not None])
+
+
 def evaluate(model, tokenizer, problems, *, template, k: int = 8, temperature: float = 0.6, top_p: float = 0.95,
              max_new_tokens: int = 256, seed: int = 0, n_examples: int = 4, decode_mode: str = "eager") -> dict:
     """pass@1 (mean over k samples), pass@k, cons@k, format rate and behaviour stats on held-out problems.
@@ -171,11 +188,7 @@ def evaluate(model, tokenizer, problems, *, template, k: int = 8, temperature: f
                  decode_mode=decode_mode,
                  params=SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p),
                  reward_fn=rule_rewards({"accuracy": 1.0, "format": 1.0}, template)) if hi > lo else None
-    if world_size() > 1:   # every rank's groups, in problem order (generation tensors on the CPU for the trip)
-        gen = None if ro is None else replace(ro.gen, tokens=ro.gen.tokens.cpu(), logprobs=ro.gen.logprobs.cpu(),
-                                              mask=ro.gen.mask.cpu(), routing=None)
-        parts = all_gather_objects(None if ro is None else replace(ro, gen=gen))
-        ro = Rollouts.cat([part for part in parts if part is not None])
+    ro = gather_rollouts(ro)
     correct = [[c > 0.5 for c in ro.components["accuracy"][i * k:(i + 1) * k]] for i in range(len(problems))]
     cons = 0.0
     for i, problem in enumerate(problems):

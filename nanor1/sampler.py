@@ -644,14 +644,9 @@ def group_token_logprobs(model, batch: Batch, temperature: float = 1.0, with_ent
         comp_routing = [r[:, P:] for r in batch.routing]                      # [N, T - 1, K]
     if U == N:  # nothing shared: one forward is cheaper than two
         return token_logprobs(model, batch, temperature, with_entropy)
-    from torch.distributed.fsdp import FSDPModule
-    if isinstance(model, FSDPModule) and torch.is_grad_enabled():
-        # FSDP2 passes a block's inputs that carry gradients (the prompt's cache here) through an autograd function
-        # whose outputs are views that cannot be written in place: the completion pass could not extend the cache
-        return token_logprobs(model, batch, temperature, with_entropy)
 
-    # the prompt pass: U rows, P columns, into a fresh cache; only its last column's logits are needed
-    cache = model.new_cache(U, P + T - 1)
+    # the prompt pass: U rows, P columns, into a fresh cache of P slots; only its last column's logits are needed
+    cache = model.new_cache(U, P)
     out = model(batch.tokens[first, :P], pos=batch.pos[first, :P], key_mask=batch.key_mask[first, :P], cache=cache,
                 routing=prompt_routing, last_only=True)
     if model.training:  # count each prompt token once per row that shares it, as the full forward would
@@ -661,7 +656,9 @@ def group_token_logprobs(model, batch: Batch, temperature: float = 1.0, with_ent
                                             minlength=moe.gate.load.numel()).to(moe.gate.load.dtype)
     logits = out.logits[inverse]                                              # [N, 1, V]: scores completion token 0
     if T > 1:  # the completion pass: N rows, columns P .. P+T-2, over their prompt's cache
-        cache = [{k: c[inverse] for k, c in layer.items()} for layer in cache]  # [N, P + T - 1, ...]
+        # (P slots: model.write_cache appends the completion out of place, as FSDP2 with gradients needs: it hands a
+        # block its cache input as views that cannot be written in place)
+        cache = [{k: c[inverse] for k, c in layer.items()} for layer in cache]  # [N, P, ...]
         comp = model(batch.tokens[:, P:-1], pos=batch.pos[:, P:-1], key_mask=batch.key_mask[:, :-1], cache=cache,
                      start=P, absorb=False, routing=comp_routing).logits       # [N, T - 1, V]
         logits = torch.cat([logits, comp], 1)                                 # [N, T, V]

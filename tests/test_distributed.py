@@ -16,7 +16,8 @@ import evaluate as evaluate_py
 from nanor1 import checkpoint, fsdp
 from nanor1.grpo import GRPOConfig
 from nanor1.model import Transformer
-from nanor1.rollout import evaluate
+from nanor1.rollout import Rollouts, evaluate, fill_groups
+from nanor1.sampler import Generation
 from nanor1.sft import sft_loss
 from nanor1.tasks import make_task
 from nanor1.templates import get_template
@@ -63,13 +64,34 @@ def pretrain_batch():
     return tokens, mask
 
 
+def fake_rollouts(rewards: list[list[float]]) -> Rollouts:
+    """Rollouts of len(rewards) groups with the given rewards (no model: one-token completions)."""
+    n = sum(map(len, rewards))
+    gen = Generation(prompts=[[1]] * n, tokens=torch.zeros(n, 1, dtype=torch.long), logprobs=torch.zeros(n, 1),
+                     mask=torch.ones(n, 1, dtype=torch.bool), finish_reason=["stop"] * n, temperature=1.0)
+    return Rollouts(problems=[f"q{i}" for i in range(len(rewards))], group_size=len(rewards[0]), gen=gen,
+                    texts=[""] * n, rewards=torch.tensor([r for g in rewards for r in g]))
+
+
+def refill_on_two_ranks(rank, max_refills):
+    """Rank 0's groups are all informative, rank 1's none; rank 1's refills hold one informative group each.
+    Returns (calls of more() as (n, attempt), groups kept, groups sampled)."""
+    calls = []
+    def more(n, attempt):  # noqa: E306
+        calls.append((n, attempt))
+        return fake_rollouts([[1.0, 0.0]] + [[0.0, 0.0]] * (n - 1)) if n else None
+    first = fake_rollouts([[1.0, 0.0]] * 2 if rank == 0 else [[0.0, 0.0]] * 2)
+    ro, sampled = fill_groups(first, more, max_refills)
+    return calls, len(ro.problems), sampled
+
+
 def _worker(rank, port, base, tmp):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     fsdp.init_distributed("cpu", timeout_s=120)
     try:
-        out = {}
+        out = {"refill": [refill_on_two_ranks(rank, m) for m in (3, 1)]}
         policy, tok, _ = checkpoint.load(base)
         fsdp.shard_model(policy, mixed_precision=False)
         optimizer = make_optimizer(policy, LR, 0.0)
@@ -121,6 +143,18 @@ def test_grpo_step_at_world_size_2_equals_one_process(base, spawned):
     state = policy.state_dict()
     for name, value in outs[0]["stepped"].items():
         torch.testing.assert_close(value, state[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_dynamic_sampling_refills_in_lockstep(spawned):
+    """Each rank refills its own groups; a full rank still joins every refill round (more(0, ...): under FSDP it
+    must take part in gathering the weights), and every rank keeps the shortest rank's number of groups."""
+    _, outs = spawned
+    (calls0, kept0, sampled0), (calls1, kept1, sampled1) = outs[0]["refill"][0], outs[1]["refill"][0]
+    assert calls0 == [(0, 0), (0, 1)] and calls1 == [(2, 0), (1, 1)]
+    assert kept0 == kept1 == 2 and (sampled0, sampled1) == (2, 5)
+    (calls0, kept0, _), (calls1, kept1, _) = outs[0]["refill"][1], outs[1]["refill"][1]   # max_refills 1
+    assert calls0 == [(0, 0)] and calls1 == [(2, 0)] and kept0 == kept1 == 1        # rank 1 found one: both keep 1
+    assert refill_on_two_ranks(0, 3) == ([], 2, 2)                                   # one process: nothing to refill
 
 
 def test_evaluation_at_world_size_2_equals_one_process(base, spawned, tmp_path):

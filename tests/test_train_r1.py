@@ -256,3 +256,73 @@ def test_all_four_stages_run_and_resume(inputs, zero_data):
              if "reward" in json.loads(line)]
     assert steps == [1, 2, 3], steps
     assert torch.load(out / "stage2" / "checkpoint" / "train_state.pt", weights_only=False)["step"] == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# under torchrun: two gloo processes on 127.0.0.1
+
+
+def _dp_worker(rank, port, runs):
+    import os
+    from nanor1 import fsdp
+    import train_r1
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    fsdp.init_distributed("cpu", timeout_s=120)
+    try:
+        for argv in runs:
+            train_r1.main(argv)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")   # DCP loading in one process: intended
+def test_all_four_stages_data_parallel(inputs):
+    """Every stage with 2 ranks (FSDP policy, sharded data sampling and evaluation, DCP saves), then stage 2 resumed
+    at 2 ranks and again in one process. Stage 1 equals the one-process stage 1: the same cold-start records (the
+    samples do not depend on the number of ranks), the same SFT step up to float rounding. (One step: the MoE
+    routers also count padding tokens, and each rank pads its rows to its own longest, so the routing-bias updates,
+    and from the next step the weights, differ by more than rounding.)"""
+    import socket
+    import torch.multiprocessing as mp
+    import train_r1
+    root = inputs[0]
+    common = lambda out: ["--base", str(root / "base"), "--zero", str(root / "zero"), "--out", str(out),  # noqa: E731
+                          "--device", "cpu", "--seed", str(SEED), "--task-kwargs", json.dumps(TASK_KWARGS),
+                          "--max-new-tokens", "24", "--cold-prompts", str(COLD_PROMPTS), "--cold-k", "2",
+                          "--sft-steps", "1", "--sft3-steps", "2", "--sft-batch", "8", "--rl-steps", "1",
+                          "--rl4-steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--rs-prompts", "8",
+                          "--rs-k", "2", "--rm-steps", "1", "--rm-pairs", "4", "--rm-batch", "4",
+                          "--eval-problems", "3", "--eval-k", "2", "--eval-general", "3", "--eval-every", "1",
+                          "--save-every", "1", "--dynamic-sampling"]
+    dp, one = root / "dp", root / "one"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dp_worker, args=(port, [common(dp), common(dp) + ["--stage", "2", "--rl-steps", "2"]]), nprocs=2,
+             join=True)
+    torch.set_num_threads(1)
+    for n in (1, 2, 3, 4):
+        extra = checkpoint.read_extra(dp / f"stage{n}" / "checkpoint")
+        assert extra["stage"] == n and extra["done"], extra
+        assert (dp / f"stage{n}" / "checkpoint-sharded").is_dir()
+    # resume at 2 ranks, then in one process (from the sharded state): one row per step
+    train_r1.main(common(dp) + ["--stage", "2", "--rl-steps", "3"])
+    rows = [json.loads(line) for line in (dp / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3]
+    assert checkpoint.read_extra(dp / "stage2" / "checkpoint")["step"] == 3
+    # stage 1 in one process: the same records and eval of R1-Zero, the same SFT up to rounding
+    train_r1.main(common(one) + ["--stage", "1"])
+    for name in ("cold_start.jsonl", "zero_eval.json"):
+        assert (dp / "stage1" / name).read_text() == (one / "stage1" / name).read_text(), name
+    a, _, _ = checkpoint.load(dp / "stage1" / "checkpoint")
+    b, _, _ = checkpoint.load(one / "stage1" / "checkpoint")
+    for k, v in b.state_dict().items():
+        if not k.endswith("gate.bias"):      # (the routing bias moves by +-1e-3 per step, on padding counts too)
+            torch.testing.assert_close(a.state_dict()[k], v, atol=1e-5, rtol=0, msg=k)
+    stats = lambda run: [r for r in map(json.loads, (run / "stage1" / "metrics.jsonl").read_text()  # noqa: E731
+                                        .splitlines()) if "lm_loss" in r]
+    assert len(stats(dp)) == len(stats(one)) == 1
+    for key in ("lm_loss", "grad_norm"):
+        assert stats(dp)[0][key] == pytest.approx(stats(one)[0][key], rel=1e-5), key
