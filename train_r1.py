@@ -6,9 +6,10 @@ train_r1.py: DeepSeek-R1's four stages (paper sec. 2.3), in miniature, each one 
      its corpus sometimes in the other language or switching mid-way (pretrain.py --p-other-lang, --p-switch), plus
      a knowledge table whose "code" field is private (--p-general). So R1-Zero inherits language mixing.
   1. Cold start: sample the R1-Zero checkpoint on training questions, keep the verified-correct samples, rewrite
-     them into R1's readable format ("<think>\\nsteps\\n</think>\\nThe answer is \\boxed{26}.", the summary in the
-     question's language), drop the unreadable or mixed-language ones (nanor1.rewards.readability: well-formed, a
-     summary with the answer, short unique lines, one script), save them (cold_start.jsonl) and SFT the BASE on them.
+     them into R1's readable format ("<think>\\nsteps\\n</think>\\nThe answer is \\boxed{26}.", the solver's fixed
+     sentences and the summary in the question's language), drop the unreadable or mixed-language ones
+     (nanor1.rewards.readability: well-formed, a summary with the answer, short unique lines, one script), save them
+     (cold_start.jsonl) and SFT the BASE on them.
   2. Reasoning RL from the cold-start model: GRPO with train_zero.rl_step and the R1 template, reward = accuracy +
      format + language consistency (the share of target-language words in the reasoning, summed as in the paper).
      Ablation: --language-weight 0 --tag nolang (writes stage2-nolang, reads the same stage 1).
@@ -432,12 +433,15 @@ def reward_metrics(reward_fn) -> dict:
 
 
 def rewrite_r1(completion: str, problem, task) -> str | None:
-    """An R1-Zero completion in R1's readable format: its reasoning one step per line, then a summary that states
-    the answer in the question's language. None when it has no reasoning or answer to rewrite."""
+    """An R1-Zero completion in R1's readable format: its reasoning one step per line, the solver's fixed sentences
+    in the question's language (task.localize: the paper's post-processing of cold-start data), then a summary that
+    states the answer in the question's language. None when it has no reasoning or answer to rewrite."""
     reasoning, answer = ZERO.reasoning(completion), ZERO.final_answer(completion)
     lines = [line.strip() for line in (reasoning or "").splitlines() if line.strip()]
     if not lines or answer is None:
         return None
+    if hasattr(task, "localize"):
+        lines = [task.localize(line, problem.data.get("lang", "en")) for line in lines]
     summary = task.summary(problem, answer) if hasattr(task, "summary") else f"The answer is \\boxed{{{answer}}}."
     return R1.response("\n".join(lines), answer, summary=summary)
 

@@ -549,6 +549,19 @@ class BilingualArithmeticTask(ArithmeticTask):
             raise ValueError(f"langs must be (opening, closing) languages from {LANGS}, got {langs!r}")
         return [PHRASES[langs[0]]["begin"], *lines, PHRASES[langs[1]]["end"].format(a=total)]
 
+    @staticmethod
+    def localize(line: str, lang: str) -> str:
+        """A line that is one of the solver's sentences (PHRASES, any language, with its numbers) written in `lang`
+        instead; any other line unchanged. What R1's cold-start post-processing does to a reasoning that drifted into
+        the other language (the paper's human annotators; here a rule, as the sentences are fixed)."""
+        for words in PHRASES.values():
+            for key in ("begin", "end", "check", "confirm", "fix"):
+                pattern = re.escape(words[key]).replace(re.escape("{a}"), r"(?P<a>-?\d+)")
+                pattern = pattern.replace(re.escape("{b}"), r"(?P<b>-?\d+)")
+                if m := re.fullmatch(pattern, line.strip()):
+                    return PHRASES[lang][key].format(**m.groupdict())
+        return line
+
     def summary(self, problem: Problem, answer: str | None = None) -> str:
         """R1's readable summary in the problem's language: "The answer is \\boxed{26}." / "答案是 \\boxed{26}。"."""
         return PHRASES[problem.data.get("lang", "en")]["summary"].format(a=problem.answer if answer is None else answer)

@@ -143,6 +143,13 @@ def test_cold_start_rewrite():
     r1 = rewrite_r1(zero, p, task)
     assert r1 == "<think>\n我来把它们加起来。\n3 + 7 = 10\n10 + 5 = 15\n所以总和是 15。\n</think>\n答案是 \\boxed{15}。"
     assert R1.well_formed(r1) and R1.final_answer(r1) == "15"
+    # a reasoning that drifted into English gets its fixed sentences back in the question's language (the paper's
+    # post-processing of cold-start data); the numbers are kept as written, right or wrong
+    drifted = ZERO.response("\n".join(task.worked_solution(p, ("en", "en"))), "15")
+    assert rewrite_r1(drifted, p, task) == r1
+    odd = ZERO.response("let me add them up.\n3 + 7 = 10\nhmm 10 + 5 = 15\nso the total is 16.", "16")
+    assert rewrite_r1(odd, p, task) == ("<think>\n我来把它们加起来。\n3 + 7 = 10\nhmm 10 + 5 = 15\n所以总和是 16。\n"
+                                        "</think>\n答案是 \\boxed{16}。")   # an unknown line stays: the filter drops it
     assert rewrite_r1(" The answer is 15.", p, task) is None            # nothing to rewrite
 
 
@@ -238,9 +245,11 @@ def test_all_four_stages_run_and_resume(inputs, zero_data):
         assert extra["template"] == "r1" and extra["stage"] == n and extra["done"], extra
         assert (out / f"stage{n}" / "metrics.jsonl").stat().st_size > 0
     cold = [json.loads(line) for line in (out / "stage1" / "cold_start.jsonl").read_text().splitlines()]
-    # single-language solutions, rewritten into R1's format; the 2 mixed-language ones (i % 4 == 0) are dropped
-    single = {p.question for i, p in enumerate(zero_data[0]) if i % 4}
-    assert cold and {r["question"] for r in cold} <= single, (cold, single)
+    # rewritten into R1's format, the mixed-language ones (i % 4 == 0) with their sentences in the question's
+    # language: every kept record is readable in its question's language
+    mixed = {p.question for i, p in enumerate(zero_data[0]) if i % 4 == 0}
+    assert cold and {r["question"] for r in cold} & mixed, (cold, mixed)
+    assert all(readability(r["response"], r["lang"], R1)["one_language"] for r in cold)
     assert all(R1.well_formed(r["response"]) and "<answer>" not in r["response"] for r in cold)
     mix = [json.loads(line) for line in (out / "stage3" / "sft_mix.jsonl").read_text().splitlines()]
     assert {r["source"] for r in mix} == {"reasoning", "general"} or not [r for r in mix if r["source"] == "reasoning"]
@@ -290,7 +299,7 @@ def test_all_four_stages_data_parallel(inputs):
     root = inputs[0]
     common = lambda out: ["--base", str(root / "base"), "--zero", str(root / "zero"), "--out", str(out),  # noqa: E731
                           "--device", "cpu", "--seed", str(SEED), "--task-kwargs", json.dumps(TASK_KWARGS),
-                          "--max-new-tokens", "24", "--cold-prompts", str(COLD_PROMPTS), "--cold-k", "2",
+                          "--max-new-tokens", "64", "--cold-prompts", str(COLD_PROMPTS), "--cold-k", "2",
                           "--sft-steps", "1", "--sft3-steps", "2", "--sft-batch", "8", "--rl-steps", "1",
                           "--rl4-steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--rs-prompts", "8",
                           "--rs-k", "2", "--rm-steps", "1", "--rm-pairs", "4", "--rm-batch", "4",
