@@ -36,7 +36,9 @@ Commands:
   python train_r1.py --device cuda --out runs/r1-gpu --rl-steps 200 --rl4-steps 100 --eval-problems 500
   torchrun --nproc_per_node 8 train_r1.py --device cuda --out runs/r1-gpu --prompts-per-step 64   # FSDP, one node
   torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train_r1.py ...
-Not yet: an HF base with a JSONL of math problems (--task-file).
+  python train_r1.py --base /path/to/qwen2.5-0.5b --zero runs/zero-qwen --task-file data/train.jsonl \
+      --eval-file data/test.jsonl --device cuda --max-new-tokens 1024 --out runs/r1-qwen
+                                           # an HF base and its R1-Zero run (train_zero.py --base ... --task-file ...)
 
 Under torchrun every stage is data-parallel: SFT (stages 1, 3) and the RL policy (stages 2, 4) are FSDP-sharded,
 each rank taking its rows of every global SFT batch (its loss weighted by its share of the batch's tokens, so the
@@ -79,7 +81,7 @@ from nanor1.rollout import Rollouts, gather_rollouts, rollout
 from nanor1.sampler import SamplingParams
 from nanor1.scoring import majority_vote, mean_pass_at_1
 from nanor1.sft import collate, length_bucketed_batches, load_conversations, render, sft_loss
-from nanor1.tasks import TASKS, GeneralTask, make_task
+from nanor1.tasks import TASKS, GeneralTask, load_jsonl, make_task, validate_problems
 from nanor1.templates import get_template
 from nanor1.tokenizer import Tokenizer
 from nanor1.training import (JsonlLogger, autocast, clip_grad, json_dict, lr_at, make_optimizer, nonnegative_float,
@@ -107,6 +109,9 @@ def get_args(argv=None):
     # task
     p.add_argument("--task", default="arithmetic-bilingual", choices=sorted(TASKS), help="reasoning task")
     p.add_argument("--task-kwargs", default='{"n_terms": 5}', type=json_dict, help="JSON dict of task options")
+    p.add_argument("--task-file", default=None, help="reasoning questions from a JSONL file of {problem, answer} "
+                   "instead of --task (needs --eval-file, --base and --zero: e.g. an HF model and its R1-Zero run)")
+    p.add_argument("--eval-file", default=None, help="held-out JSONL file for --task-file")
     # stage 1: cold start
     p.add_argument("--cold-prompts", type=positive_int, default=2048, help="training questions sampled from R1-Zero")
     p.add_argument("--cold-k", type=positive_int, default=2, help="R1-Zero samples per question")
@@ -150,6 +155,9 @@ def get_args(argv=None):
         grpo_config(args)                        # GRPOConfig's own checks, before anything is loaded
     except ValueError as e:
         p.error(str(e))
+    if args.task_file and not (args.eval_file and args.base != DEFAULT_BASE and args.zero != DEFAULT_ZERO):
+        p.error("--task-file needs --eval-file (held-out questions) and an explicit --base and --zero (the built-in "
+                "base and R1-Zero are made for --task only)")
     try:
         make_task(args.task, **args.task_kwargs)
     except (TypeError, ValueError) as e:
@@ -656,6 +664,22 @@ def stage4(args, task, general, eval_problems, eval_general, device):
 # The run
 
 
+class FileTask:
+    """Questions from JSONL files as a task: --task-file is the train split, --eval-file the test split. Every gold
+    answer is checked up front (file:line in the error), so a bad line stops the run before any training."""
+
+    def __init__(self, train_file: str, test_file: str):
+        self.splits = {"train": load_jsonl(train_file), "test": load_jsonl(test_file)}
+        errors = [e for split in self.splits.values()
+                  for e in validate_problems(split, prompt_tokens=lambda p: 0, max_prompt_tokens=0)]
+        if errors:
+            raise SystemExit(f"{len(errors)} problem(s) cannot be graded:\n  " + "\n  ".join(errors[:20]))
+
+    def sample(self, split: str, n: int, seed: int) -> list:
+        pool = self.splits[split]
+        return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
 def main(argv=None):
     args = get_args(argv)
     seed_everything(args.seed)
@@ -668,7 +692,8 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         (out / ("args.json" if args.stage is None else f"args_stage{args.stage}{args.tag and '-' + args.tag}.json")
          ).write_text(json.dumps(vars(args), indent=2))
-    task, general = make_task(args.task, **args.task_kwargs), GeneralTask()
+    task = FileTask(args.task_file, args.eval_file) if args.task_file else make_task(args.task, **args.task_kwargs)
+    general = GeneralTask()
     eval_problems = task.sample("test", args.eval_problems, seed=args.seed)
     eval_general = general.mix("test", args.eval_general, seed=args.seed)
     stages = STAGES if args.stage is None else (args.stage,)

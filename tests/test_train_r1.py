@@ -267,6 +267,30 @@ def test_all_four_stages_run_and_resume(inputs, zero_data):
     assert torch.load(out / "stage2" / "checkpoint" / "train_state.pt", weights_only=False)["step"] == 3
 
 
+def test_questions_from_jsonl_files(inputs, zero_data, tmp_path):
+    """--task-file / --eval-file: the same questions as JSONL records (as an HF base with a benchmark would use)."""
+    import train_r1
+    root = inputs[0]
+    problems = zero_data[0]
+    rows = [{"problem": p.question, "answer": p.answer, "lang": p.data["lang"]} for p in problems]
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    test.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:3]))
+    common = ["--base", str(root / "base"), "--zero", str(root / "zero"), "--device", "cpu", "--seed", str(SEED),
+              "--max-new-tokens", "64", "--cold-prompts", str(len(rows)), "--cold-k", "2", "--sft-steps", "2",
+              "--sft-batch", "4", "--eval-problems", "3", "--eval-k", "2", "--stage", "1"]
+    with pytest.raises(SystemExit):
+        train_r1.get_args(common + ["--task-file", str(train)])                         # no --eval-file
+    summary = train_r1.main(common + ["--task-file", str(train), "--eval-file", str(test), "--out", str(tmp_path / "r")])
+    cold = [json.loads(line) for line in (tmp_path / "r" / "stage1" / "cold_start.jsonl").read_text().splitlines()]
+    assert cold and {r["question"] for r in cold} <= {r["problem"] for r in rows}
+    assert 0 <= summary["stage1"]["pass@1"] <= 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(train.read_text() + json.dumps({"problem": "?", "answer": "\\frac{1}{"}) + "\n")
+    with pytest.raises(SystemExit, match="bad.jsonl:9"):
+        train_r1.main(common + ["--task-file", str(bad), "--eval-file", str(test), "--out", str(tmp_path / "r2")])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # under torchrun: two gloo processes on 127.0.0.1
 
