@@ -92,6 +92,7 @@ from train_zero import add_grpo_args, grpo_config, rl_step
 R1, ZERO = get_template("r1"), get_template("r1-zero")
 STAGES = (1, 2, 3, 4)
 DEFAULT_BASE, DEFAULT_ZERO = "runs/base-r1", "runs/zero-r1"
+BASE_FLAGS = ["--p-general", "0.1"]   # pretrain.py's flags for R1's base, besides the task (speedrun.sh: the same)
 
 
 def get_args(argv=None):
@@ -192,7 +193,7 @@ def ensure_inputs(args, device):
             raise FileNotFoundError(f"base checkpoint {base} does not exist")
         print0(f"no base model at {base}: pretraining a bilingual one (pretrain.py)")
         import pretrain
-        pretrain.main(["--task", args.task, "--task-kwargs", json.dumps(args.task_kwargs), "--p-general", "0.1",
+        pretrain.main(["--task", args.task, "--task-kwargs", json.dumps(args.task_kwargs), *BASE_FLAGS,
                        "--out", str(base), "--device", str(device), "--eval-k", "0"])
     if not zero.exists():
         if args.zero != DEFAULT_ZERO:

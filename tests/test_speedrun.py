@@ -35,3 +35,12 @@ def test_speedrun_smoke(tmp_path):
     distilled = json.loads((out / "distill" / "results.json").read_text())
     assert distilled["student"]["same_tokenizer_as_teacher"] and distilled["rl"]["same_eval_settings"]
     assert "RL only" in run.stdout and "total" in run.stdout.splitlines()[-1]
+    # the speedrun's base is R1's base: the corpus flags train_r1.py would pretrain it with (pretrain.py defaults
+    # for the rest), so the two never drift apart silently
+    import pretrain
+    import train_r1
+    recorded = json.loads((out / "base-r1" / "extra.json").read_text())["pretrain_args"]
+    expected = vars(pretrain.get_args(["--task", "arithmetic-bilingual", *train_r1.BASE_FLAGS]))
+    corpus = ("task", "p_practice", "p_guess", "p_plain", "p_steps", "p_check", "guess_acc", "slip_rate",
+              "p_other_lang", "p_switch", "p_general", "seed", "preset")
+    assert {k: recorded[k] for k in corpus} == {k: expected[k] for k in corpus}
