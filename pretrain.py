@@ -151,6 +151,12 @@ def reasoning_langs(problem, rng, args) -> tuple[str, str] | None:
     return opening, closing
 
 
+def reverse_pass(task, problem) -> list[str]:
+    """The check: the sum redone in reverse order, as bare running totals."""
+    reverse = dataclasses.replace(problem, data={**problem.data, "terms": problem.data["terms"][::-1]})
+    return ArithmeticTask.worked_solution(task, reverse)
+
+
 def make_completion(task, problem, mode, rng, args):
     answer = task.answer_text(problem)
     words = PHRASES[problem.data.get("lang", "en")]    # the English-only tasks read the "en" phrases
@@ -173,9 +179,7 @@ def make_completion(task, problem, mode, rng, args):
     # check: redo the sum in reverse order (in the language the reasoning ended in); the second pass decides
     words = PHRASES[langs[1] if langs else "en"]
     verdict = words["confirm"].format(a=answer) if final == answer else words["fix"].format(a=answer, b=final)
-    reverse = dataclasses.replace(problem, data={**problem.data, "terms": problem.data["terms"][::-1]})
-    reverse_lines = ArithmeticTask.worked_solution(task, reverse)
-    reasoning = "\n".join(first) + f"\n{words['check']}\n" + "\n".join(reverse_lines) + "\n" + verdict
+    reasoning = "\n".join(first) + f"\n{words['check']}\n" + "\n".join(reverse_pass(task, problem)) + "\n" + verdict
     return R1_ZERO.response(reasoning, answer)
 
 
@@ -187,9 +191,7 @@ def practice_doc(task, problem, rng) -> str:
         return f"Q: {problem.question}\n" + "\n".join(task.worked_solution(problem)) + f"\nA: {task.answer_text(problem)}"
     lines = task.worked_solution(problem)
     if rng.random() < 0.25:
-        reverse = dataclasses.replace(problem, data={**problem.data, "terms": problem.data["terms"][::-1]})
-        check = PHRASES[problem.data.get("lang", "en")]["check"]
-        lines = lines + [check] + ArithmeticTask.worked_solution(task, reverse)
+        lines = lines + [PHRASES[problem.data.get("lang", "en")]["check"]] + reverse_pass(task, problem)
     return f"Q: {problem.question}\n" + "\n".join(lines) + f"\nA: {task.answer_text(problem)}"
 
 

@@ -516,6 +516,12 @@ PHRASES = {  # what a solver writes, per language; {a} the answer, {b} a wrong t
 }
 
 
+# (PHRASES key, regex) of every fixed sentence in every language, numbers as named groups: what localize() reads
+_SENTENCES = [(key, re.compile(re.escape(words[key]).replace(re.escape("{a}"), r"(?P<a>-?\d+)")
+                                                    .replace(re.escape("{b}"), r"(?P<b>-?\d+)")))
+              for words in PHRASES.values() for key in ("begin", "end", "check", "confirm", "fix")]
+
+
 @dataclass
 class BilingualArithmeticTask(ArithmeticTask):
     """ArithmeticTask with every sum posed in English and in Chinese (two problems, one split): "计算 3 + 7 + 5"."""
@@ -554,12 +560,9 @@ class BilingualArithmeticTask(ArithmeticTask):
         """A line that is one of the solver's sentences (PHRASES, any language, with its numbers) written in `lang`
         instead; any other line unchanged. What R1's cold-start post-processing does to a reasoning that drifted into
         the other language (the paper's human annotators; here a rule, as the sentences are fixed)."""
-        for words in PHRASES.values():
-            for key in ("begin", "end", "check", "confirm", "fix"):
-                pattern = re.escape(words[key]).replace(re.escape("{a}"), r"(?P<a>-?\d+)")
-                pattern = pattern.replace(re.escape("{b}"), r"(?P<b>-?\d+)")
-                if m := re.fullmatch(pattern, line.strip()):
-                    return PHRASES[lang][key].format(**m.groupdict())
+        for key, pattern in _SENTENCES:
+            if m := pattern.fullmatch(line.strip()):
+                return PHRASES[lang][key].format(**m.groupdict())
         return line
 
     def summary(self, problem: Problem, answer: str | None = None) -> str:

@@ -24,3 +24,16 @@ def base(tmp_path_factory):
     path = tmp_path_factory.mktemp("base") / "base"
     checkpoint.save(path, model, tokenizer=tok)
     return path
+
+
+@pytest.fixture(scope="session")
+def bilingual_tokenizer():
+    """A BPE for the R1 tests (tests/test_train_r1.py, tests/test_distill.py): bilingual sums in both templates
+    (n_terms 2), general tasks' reference responses, summaries."""
+    from nanor1.tasks import GeneralTask
+    r1, zero = get_template("r1"), get_template("r1-zero")
+    task, general = make_task("arithmetic-bilingual", n_terms=2), GeneralTask()
+    texts = [t.prompt(p.question) + t.response("\n".join(task.worked_solution(p)), p.answer)
+             for p in task.sample("train", 100, seed=0) for t in (r1, zero)]
+    texts += [r1.prompt(p.question) + general.reference_response(p, r1) for p in general.mix("train", 50, seed=0)]
+    return train_bpe(texts + [task.summary(p) for p in task.sample("train", 20, seed=0)], vocab_size=420)

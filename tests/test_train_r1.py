@@ -15,7 +15,6 @@ from nanor1.sampler import SamplingParams
 from nanor1.sft import collate, render, sft_loss
 from nanor1.tasks import ArithmeticTask, GeneralTask, make_task
 from nanor1.templates import get_template
-from nanor1.tokenizer import train_bpe
 from nanor1.training import make_optimizer
 
 R1, ZERO = get_template("r1"), get_template("r1-zero")
@@ -161,12 +160,8 @@ TASK_KWARGS = {"n_terms": 2}
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    task, general = make_task("arithmetic-bilingual", **TASK_KWARGS), GeneralTask()
-    texts = [t.prompt(p.question) + t.response("\n".join(task.worked_solution(p)), p.answer)
-             for p in task.sample("train", 100, seed=0) for t in (R1, ZERO)]
-    texts += [R1.prompt(p.question) + general.reference_response(p, R1) for p in general.mix("train", 50, seed=0)]
-    return train_bpe(texts + [task.summary(p) for p in task.sample("train", 20, seed=0)], vocab_size=420)
+def tokenizer(bilingual_tokenizer):
+    return bilingual_tokenizer
 
 
 def tiny_model(vocab_size, seed=0, dense=False):
