@@ -13,13 +13,16 @@ autograd; MLA's v padded to the q/k head dim so SDPA takes its fused kernel; is_
 AdamW, and group_token_logprobs (each distinct prompt once). Each measurement alternates old and new and keeps the
 median, so a job that shares the machine slows both alike; still, quote ratios, not absolute numbers.
 Weights and tokens are random: speed does not depend on them.
-  pretrain: lm_loss forward + backward + AdamW step on a batch of --pretrain-batch x --pretrain-len tokens.
+  pretrain: lm_loss forward + backward + AdamW step on a batch of --pretrain-batch x --pretrain-len tokens; and
+            (tiny) sft_loss steps over 24 length-bucketed batches of 48 documents of the default pretraining corpus,
+            where the templated transcripts' common prefix (the R1-Zero instructions) runs once per batch.
   RL update: log-probs forward + backward of 8 prompts x G=8 completions (prompts 50-70 tokens, completions 20-60:
              about 60% of the columns are prompt, as in the R1-Zero default).
   decode: generate() of 8 prompts x G=8 (and of 1 prompt) x --new-tokens tokens, prefill included.
 """
 import argparse
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -86,6 +89,46 @@ def bench_pretrain(name, args, kinds=("old", "new")) -> dict:
         return fn
     t = alternate({k: step(k) for k in kinds}, args.repeats)
     return {k: B * T / v for k, v in t.items()}                      # tokens/s
+
+
+def bench_pretrain_corpus(args, n_batches=24) -> dict:
+    """Tokens/s of pretraining steps on the default corpus's own batches (pretrain.py: 80% practice documents, 20%
+    R1-Zero transcripts whose ~170 tokens are mostly the template): old, new without sft_loss's shared-prefix pass,
+    new. Real tokens only (padding excluded)."""
+    import pretrain
+    from nanor1 import sft
+    from nanor1.tasks import make_task
+    from nanor1.tokenizer import train_bpe
+    pargs = pretrain.get_args(["--n-docs", str(48 * n_batches * 4)])
+    docs, _ = pretrain.build_corpus(make_task(pargs.task, **pargs.task_kwargs), pargs)
+    tok = train_bpe(docs[:5000], vocab_size=pargs.vocab_size)
+    seqs = [sft.render_text(tok, d) for d in docs]
+    batches = sft.length_bucketed_batches([len(ids) for ids, _ in seqs], 48, random.Random(0))[:n_batches]
+    batches = [sft.collate([seqs[i] for i in b], tok.pad_id) for b in batches]
+    n_real = sum(int(m.sum()) for _, m in batches)
+    models, opts = {}, {}
+    kinds = {"old": (False, sft.MIN_SHARED_PREFIX), "new, no shared prefix": (True, 10 ** 9),
+             "new": (True, sft.MIN_SHARED_PREFIX)}
+    for kind in kinds:
+        models[kind] = build("tiny").train()
+        opts[kind] = make_optimizer(models[kind], 1e-4, 0.1)
+
+    def epoch(kind):
+        def fn():
+            paths(kinds[kind][0])
+            sft.MIN_SHARED_PREFIX, keep = kinds[kind][1], sft.MIN_SHARED_PREFIX
+            try:
+                for tokens, mask in batches:
+                    loss, _ = sft.sft_loss(models[kind], tokens, mask)
+                    opts[kind].zero_grad(set_to_none=True)
+                    loss.backward()
+                    opts[kind].step()
+            finally:
+                sft.MIN_SHARED_PREFIX = keep
+        return fn
+    t = alternate({k: epoch(k) for k in kinds}, max(1, args.repeats // 2))
+    paths(True)
+    return {k: n_real / v for k, v in t.items()}
 
 
 def rl_batch(model, n_prompts=8, G=8, seed=0):
@@ -197,6 +240,12 @@ def main():
         p = bench_pretrain(name, args)
         rows.append((name, f"pretrain tok/s ({args.pretrain_batch} x {args.pretrain_len})", p["old"], p["new"],
                      p["new"] / p["old"]))
+        if name == "tiny":   # the default corpus's batches: shared-prefix pass on the templated documents
+            c = bench_pretrain_corpus(args)
+            rows.append((name, "pretrain tok/s, default corpus, fast paths, no shared prefix", c["old"],
+                         c["new, no shared prefix"], c["new, no shared prefix"] / c["old"]))
+            rows.append((name, "pretrain tok/s, default corpus, + shared prefix", c["old"], c["new"],
+                         c["new"] / c["old"]))
         u = bench_rl_update(name, args)
         rows.append((name, "RL update s (8 x G 8), fast paths, full forward", u["old"], u["new, full forward"],
                      u["old"] / u["new, full forward"]))

@@ -443,8 +443,9 @@ class Gate(nn.Module):
         self.register_buffer("bias", torch.zeros(E), persistent=cfg.routing_bias)
         self.register_buffer("load", torch.zeros(E), persistent=False)  # tokens routed per expert since last update
 
-    def forward(self, x, replay_idx=None):
-        """x [N, D] -> weights [N, K], indices [N, K], scores [N, E]. replay_idx [N, K] reuses a recorded routing."""
+    def forward(self, x, replay_idx=None, real=None):
+        """x [N, D] -> weights [N, K], indices [N, K], scores [N, E]. replay_idx [N, K] reuses a recorded routing.
+        real [N] bool: the tokens that are not padding; only they count in the load (default: all)."""
         cfg = self.cfg
         logits = F.linear(x.float(), self.weight.float())                       # [N, E]
         scores = logits.sigmoid() if cfg.score_func == "sigmoid" else logits.softmax(dim=-1)
@@ -466,8 +467,10 @@ class Gate(nn.Module):
         if cfg.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = weights * cfg.route_scale
-        if self.training:
-            self.load += torch.bincount(idx.flatten(), minlength=self.weight.size(0)).to(self.load.dtype)
+        if self.training:  # the load the balancing bias follows: padding is not a token (ranks pad differently)
+            counted = torch.ones_like(idx, dtype=self.load.dtype) if real is None else \
+                real[:, None].expand_as(idx).to(self.load.dtype)               # [N, K]
+            self.load.index_add_(0, idx.flatten(), counted.flatten())
         return weights.type_as(x), idx, scores
 
 
@@ -548,11 +551,11 @@ class MoE(nn.Module):
         y = torch.matmul(h * gate.T[:, :, None], self.w2.transpose(1, 2))       # [E, N, D]
         return y.sum(0)                                                         # [N, D]
 
-    def forward(self, x, replay_idx=None):
+    def forward(self, x, replay_idx=None, real=None):
         B, T, D = x.shape
         flat = x.reshape(-1, D)                                                 # [N, D]
         replay = None if replay_idx is None else replay_idx.reshape(-1, self.cfg.n_activated_experts)
-        weights, idx, scores = self.gate(flat, replay)
+        weights, idx, scores = self.gate(flat, replay, None if real is None else real.reshape(-1))
         if not self.batched:
             experts = self.experts_loop
         elif (FAST_PATHS and not x.is_cuda and flat.size(0) <= DENSE_EXPERTS_MAX_TOKENS
@@ -590,10 +593,10 @@ class Block(nn.Module):
         moe = cfg.n_routed_experts > 0 and layer_id >= cfg.n_dense_layers
         self.ffn = MoE(cfg) if moe else MLP(cfg.dim, cfg.inter_dim)
 
-    def forward(self, x, cos, sin, mask, cache=None, start=0, absorb=False, replay_idx=None):
+    def forward(self, x, cos, sin, mask, cache=None, start=0, absorb=False, replay_idx=None, real=None):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, start, absorb)
         if isinstance(self.ffn, MoE):
-            h, idx = self.ffn(self.ffn_norm(x), replay_idx)
+            h, idx = self.ffn(self.ffn_norm(x), replay_idx, real)
             return x + h, idx
         return x + self.ffn(self.ffn_norm(x)), None
 
@@ -682,7 +685,7 @@ class Transformer(nn.Module):
         return [b.attn.new_cache(batch, max_len, dtype, device) for b in self.layers]
 
     def forward(self, tokens, *, pos=None, key_mask=None, cache=None, start=0, absorb=None, routing=None,
-                last_only=False) -> "ModelOutput":
+                last_only=False, real=None) -> "ModelOutput":
         """tokens [B, T] -> ModelOutput: logits [B, T, V], the experts each MoE layer chose, the last hidden state.
 
         pos [B, T]: RoPE positions (default start..start+T-1; left-padded rows pass their own).
@@ -694,6 +697,9 @@ class Transformer(nn.Module):
         absorb: MLA path; default absorbed when decoding with a cache (T == 1), naive otherwise.
         routing: list of [B, T, K] expert indices per MoE layer to replay (e.g. a previous output's .routing).
         last_only: logits for the last column only, [B, 1, V] (prefill needs no more).
+        real [B, T] bool: which of these tokens are not padding, for the MoE load counts only (training mode; the
+            routing-bias update must not follow padding, which differs between batch layouts and data-parallel
+            ranks). Default: this call's columns of key_mask, else all (right padding: lm_loss passes it).
         """
         B, T = tokens.shape
         if torch.is_tensor(start) and (cache is None or pos is None or key_mask is None):
@@ -705,13 +711,15 @@ class Transformer(nn.Module):
         if absorb is None:
             absorb = cache is not None and T == 1
         cos, sin, mask = self.attention_inputs(pos, key_mask, cache, start)
+        if real is None and key_mask is not None and not torch.is_tensor(start):
+            real = key_mask[:, start:start + T]                                  # [B, T]
         x = self.embed(tokens)                                                   # [B, T, D]
         chosen, m = [], 0
         for i, layer in enumerate(self.layers):
             replay = None
             if isinstance(layer.ffn, MoE) and routing is not None:
                 replay, m = routing[m], m + 1
-            x, idx = layer(x, cos, sin, mask, None if cache is None else cache[i], start, absorb, replay)
+            x, idx = layer(x, cos, sin, mask, None if cache is None else cache[i], start, absorb, replay, real)
             if idx is not None:
                 chosen.append(idx)
         logits = self.head(self.norm(x[:, -1:] if last_only else x))             # [B, T, V] ([B, 1, V])
@@ -732,15 +740,17 @@ class Transformer(nn.Module):
         cos, sin = self.cos[pos], self.sin[pos]                                 # [B, T, R/2]
         return (*rope_pairs(cos, sin), mask) if FAST_PATHS else (cos, sin, mask)
 
-    def mtp_logits(self, hidden, tokens, *, pos=None, key_mask=None):
+    def mtp_logits(self, hidden, tokens, *, pos=None, key_mask=None, real=None):
         """Depth-1 MTP: logits [B, T-1, V] for token i+2 from the last hidden state i (a forward's .hidden [B, T, D])
-        and token i+1. pos and key_mask as given to that forward."""
+        and token i+1. pos, key_mask and real as given to that forward."""
         B, T = tokens.shape
         pos = torch.arange(T, device=tokens.device).expand(B, T) if pos is None else pos
         cos, sin, mask = self.attention_inputs(pos[:, :-1], None if key_mask is None else key_mask[:, :-1])
         mtp = self.mtp[0]
         x = mtp.eh_proj(torch.cat([mtp.hnorm(hidden[:, :-1]), mtp.enorm(self.embed(tokens[:, 1:]))], dim=-1))
-        x, _ = mtp.block(x, cos, sin, mask)
+        if real is None and key_mask is not None:
+            real = key_mask
+        x, _ = mtp.block(x, cos, sin, mask, real=None if real is None else real[:, 1:])   # position i reads token i+1
         return self.head(mtp.norm(x))
 
     @torch.no_grad()
@@ -765,8 +775,13 @@ class Transformer(nn.Module):
 
 def lm_loss(model: Transformer, tokens, loss_mask, *, pos=None, key_mask=None):
     """Next-token cross-entropy over positions where loss_mask [B, T] is set (mask of the *target* token), plus the
-    MTP loss (weighted by mtp_loss_weight) and MoE balance losses when enabled. Returns (loss, stats)."""
-    out = model(tokens, pos=pos, key_mask=key_mask)
+    MTP loss (weighted by mtp_loss_weight) and MoE balance losses when enabled. Returns (loss, stats).
+    Without key_mask the rows are right-padded (sft.collate): each row's real tokens run through its last loss
+    position, which is what the MoE load counts see."""
+    real = None
+    if key_mask is None:
+        real = loss_mask.flip(1).cumsum(1).flip(1) > 0                          # [B, T]: up to the last loss token
+    out = model(tokens, pos=pos, key_mask=key_mask, real=real)
     logits = out.logits
     target_mask = loss_mask[:, 1:].float()                                       # [B, T-1]
     n = target_mask.sum().clamp(min=1)
@@ -775,7 +790,7 @@ def lm_loss(model: Transformer, tokens, loss_mask, *, pos=None, key_mask=None):
     loss, stats = lm, {"lm_loss": lm.item()}
     if model.cfg.n_mtp > 0 and model.training:
         mtp_mask = loss_mask[:, 2:].float()
-        mtp_logits = model.mtp_logits(out.hidden, tokens, pos=pos, key_mask=key_mask)      # [B, T-1, V]
+        mtp_logits = model.mtp_logits(out.hidden, tokens, pos=pos, key_mask=key_mask, real=real)  # [B, T-1, V]
         mtp_ce = F.cross_entropy(mtp_logits[:, :-1].flatten(0, 1).float(),
                                  tokens[:, 2:].flatten(), reduction="none")
         mtp = (mtp_ce.view_as(mtp_mask) * mtp_mask).sum() / mtp_mask.sum().clamp(min=1)

@@ -649,11 +649,12 @@ def group_token_logprobs(model, batch: Batch, temperature: float = 1.0, with_ent
     cache = model.new_cache(U, P)
     out = model(batch.tokens[first, :P], pos=batch.pos[first, :P], key_mask=batch.key_mask[first, :P], cache=cache,
                 routing=prompt_routing, last_only=True)
-    if model.training:  # count each prompt token once per row that shares it, as the full forward would
+    if model.training:  # count each (real) prompt token once per row that shares it, as the full forward would
         extra = torch.bincount(inverse, minlength=U) - 1                      # [U]: rows beyond the first
+        times = extra[:, None] * batch.key_mask[first, :P]                    # [U, P]: 0 on left padding
         for moe, idx in zip(moes, out.routing):                              # idx [U, P, K]
-            moe.gate.load += torch.bincount(idx.flatten(), weights=extra.repeat_interleave(P * idx.size(-1)).float(),
-                                            minlength=moe.gate.load.numel()).to(moe.gate.load.dtype)
+            load = moe.gate.load
+            load.index_add_(0, idx.flatten(), times[..., None].expand_as(idx).flatten().to(load.dtype))
     logits = out.logits[inverse]                                              # [N, 1, V]: scores completion token 0
     if T > 1:  # the completion pass: N rows, columns P .. P+T-2, over their prompt's cache
         # (P slots: model.write_cache appends the completion out of place, as FSDP2 with gradients needs: it hands a

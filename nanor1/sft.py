@@ -21,6 +21,10 @@ import random
 
 import torch
 
+import torch.nn.functional as F
+
+import nanor1.model as model_lib
+from nanor1.fsdp import all_reduce_sum, world_size
 from nanor1.model import lm_loss
 from nanor1.tasks import JsonlFormatError, read_jsonl
 
@@ -64,10 +68,63 @@ def collate(examples: list[tuple[list[int], list[bool]]], pad_id: int, device=No
     return tokens.to(device), loss_mask.to(device)
 
 
+MIN_SHARED_PREFIX = 8   # shorter common prefixes are not worth a second forward
+
+
 def sft_loss(model, tokens, loss_mask):
     """Next-token cross-entropy over the positions whose *target* token is in loss_mask [B, T] (plus the MTP and
-    balance losses when the model has them). Returns (loss, stats)."""
+    balance losses when the model has them). Returns (loss, stats). When every row starts with the same tokens (the
+    R1-Zero template's instructions in the pretraining transcripts, a chat template's system prompt), the fast path
+    shared_prefix_loss computes the same loss running that prefix once."""
+    P = shared_prefix_len(tokens, loss_mask)
+    fast = model_lib.FAST_PATHS and P >= MIN_SHARED_PREFIX and not (model.cfg.n_mtp or model.cfg.balance_loss_alpha)
+    if world_size() > 1:   # FSDP gathers weights in every forward: all ranks must run as many (rows differ by rank)
+        fast = int(all_reduce_sum(torch.tensor(int(fast), device=tokens.device))) == world_size()
+    if fast:
+        return shared_prefix_loss(model, tokens, loss_mask, P)
     return lm_loss(model, tokens, loss_mask)
+
+
+def shared_prefix_len(tokens, loss_mask) -> int:
+    """P: how many leading tokens all rows of a right-padded batch share (tokens [B, T]), capped so that every row
+    has a real token after them (real = up to each row's last loss position)."""
+    B, T = tokens.shape
+    if B < 2:
+        return 0
+    same = (tokens == tokens[:1]).all(0)                                 # [T]
+    P = int(same.long().cumprod(0).sum())
+    last = T - 1 - loss_mask.flip(1).long().argmax(1)                     # [B] each row's last loss position
+    return max(0, min(P, int(last.min())))
+
+
+def shared_prefix_loss(model, tokens, loss_mask, P: int):
+    """lm_loss (same loss, gradients and MoE load counts, within float rounding) for rows whose first P tokens are
+    identical: the prefix runs once, into a KV cache, and the B rows run only their own columns over it (cache
+    entries are part of the autograd graph, so the gradients of all rows flow back through the one prefix pass).
+    What the full forward computes B times, and how it is kept the same:
+    - the loss at prefix positions 0..P-2 (same logits, same targets): once, weighted by the rows whose target is in
+      loss_mask; position P-1 predicts each row's own token P;
+    - the MoE load counts: the prefix's tokens are added again for the B-1 other rows.
+    Rows are right-padded, as sft.collate makes them (no key mask). ~2x fewer token-rows on the pretraining corpus's
+    templated documents, whose ~170 tokens are mostly the template (bench/speed.py)."""
+    B, T = tokens.shape
+    real = loss_mask.flip(1).cumsum(1).flip(1) > 0                         # [B, T]: up to the last loss token
+    cache = model.new_cache(1, P)
+    pre = model(tokens[:1, :P], cache=cache)                                # logits [1, P, V]
+    if model.training:  # the other B-1 rows' prefix tokens, as the full forward would count them
+        for moe, idx in zip(model.moe_layers(), pre.routing):               # idx [1, P, K]
+            moe.gate.load.index_add_(0, idx.flatten(), torch.full_like(idx.flatten(), B - 1, dtype=moe.gate.load.dtype))
+    cache = [{k: c.expand(B, *c.shape[1:]) for k, c in layer.items()} for layer in cache]   # [B, P, ...] views
+    rest = model(tokens[:, P:], cache=cache, start=P, real=real[:, P:])      # logits [B, T-P, V]
+    target_mask = loss_mask[:, 1:].float()                                   # [B, T-1]
+    ce_prefix = F.cross_entropy(pre.logits[0, :P - 1].float(), tokens[0, 1:P], reduction="none")          # [P-1]
+    ce_boundary = F.cross_entropy(pre.logits[0, P - 1:].float().expand(B, -1), tokens[:, P], reduction="none")  # [B]
+    ce_rest = F.cross_entropy(rest.logits[:, :-1].flatten(0, 1).float(), tokens[:, P + 1:].flatten(),
+                              reduction="none").view(B, T - P - 1)           # [B, T-P-1]
+    total = ((ce_prefix * target_mask[:, :P - 1].sum(0)).sum() + (ce_boundary * target_mask[:, P - 1]).sum()
+             + (ce_rest * target_mask[:, P:]).sum())
+    lm = total / target_mask.sum().clamp(min=1)
+    return lm, {"lm_loss": lm.item()}
 
 
 def load_conversations(path) -> list[dict]:

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import evaluate as evaluate_py
 from nanor1 import checkpoint, fsdp
 from nanor1.grpo import GRPOConfig
-from nanor1.model import Transformer
+from nanor1.model import Transformer, lm_loss
 from nanor1.rollout import Rollouts, evaluate, fill_groups
 from nanor1.sampler import Generation
 from nanor1.sft import sft_loss
@@ -56,11 +56,14 @@ def zero_argv(base, out, *extra):
             "--eval-k", "2", "--save-every", "1", "--device", "cpu", *extra]
 
 
-def pretrain_batch():
-    """Four documents of different lengths (rows with different token counts on each rank)."""
+def pretrain_batch(second_row=7):
+    """Four documents of different lengths (rows with different token counts on each rank) that start with the same
+    10 tokens, as the templated transcripts do: sft_loss runs such a prefix once. With a second row of 7 tokens only
+    rank 1's rows can share it, so both ranks must fall back to the full forward (FSDP: as many forwards on each)."""
     g = torch.Generator().manual_seed(5)
     tokens = torch.randint(1, 300, (4, 20), generator=g)
-    mask = torch.arange(20) < torch.tensor([[20], [7], [12], [16]])              # [4, 20] right-padded
+    tokens[:, :10] = tokens[0, :10]
+    mask = torch.arange(20) < torch.tensor([[20], [second_row], [12], [16]])     # [4, 20] right-padded
     return tokens, mask
 
 
@@ -106,10 +109,15 @@ def _worker(rank, port, base, tmp):
         # pretraining's loss weighting: rows with different token counts on each rank
         model, _, _ = checkpoint.load(base)
         fsdp.shard_model(model, mixed_precision=False)
-        tokens, mask = (t[rank * 2:rank * 2 + 2] for t in pretrain_batch())
-        loss, _ = sft_loss(model.train(), tokens, mask)
-        (loss * fsdp.token_share(mask[:, 1:])).backward()
-        out["pretrain_grads"] = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+        for second_row in (7, 11):   # one rank may share a prefix / both do
+            model.zero_grad(set_to_none=True)
+            for m in model.moe_layers():
+                m.gate.load.zero_()
+            tokens, mask = (t[rank * 2:rank * 2 + 2] for t in pretrain_batch(second_row))
+            loss, _ = sft_loss(model.train(), tokens, mask)
+            (loss * fsdp.token_share(mask[:, 1:])).backward()
+            out[f"pretrain_grads{second_row}"] = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+            out[f"pretrain_loads{second_row}"] = [fsdp.all_reduce_sum(m.gate.load.clone()) for m in model.moe_layers()]
         # train_zero.py: one step, then --resume for a second (sharded checkpoint, each rank's RNG)
         train_zero.main(zero_argv(base, os.path.join(tmp, "resumed"), "--steps", "1"))
         train_zero.main(zero_argv(base, os.path.join(tmp, "resumed"), "--steps", "2", "--resume"))
@@ -174,11 +182,16 @@ def test_evaluation_at_world_size_2_equals_one_process(base, spawned, tmp_path):
 
 def test_pretraining_loss_weighting_gives_the_full_batch_gradient(base, spawned):
     _, outs = spawned
-    model, _, _ = checkpoint.load(base)
-    loss, _ = sft_loss(model.train(), *pretrain_batch())
-    loss.backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(outs[0]["pretrain_grads"][name], p.grad, atol=1e-7, rtol=1e-4, msg=name)
+    for second_row in (7, 11):
+        model, _, _ = checkpoint.load(base)
+        loss, _ = lm_loss(model.train(), *pretrain_batch(second_row))   # one process, one full forward
+        loss.backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(outs[0][f"pretrain_grads{second_row}"][name], p.grad, atol=1e-6, rtol=1e-4,
+                                       msg=name)
+        # the routing-bias update's counts: the ranks pad their rows to other widths, and padding does not count
+        for two, one in zip(outs[0][f"pretrain_loads{second_row}"], [m.gate.load for m in model.moe_layers()]):
+            torch.testing.assert_close(two, one, atol=0, rtol=0)
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")   # DCP loading in one process: intended

@@ -179,6 +179,45 @@ def test_routing_replay_reproduces_logits_and_changes_them_when_altered():
         assert not torch.allclose(model(x, routing=other).logits, out.logits)
 
 
+def _loads(model):
+    return torch.stack([m.gate.load.clone() for m in model.moe_layers() + [b.ffn for b in
+                        (mtp.block for mtp in model.mtp)]])
+
+
+@pytest.mark.parametrize("n_mtp", [0, 1])
+def test_moe_load_counts_ignore_padding(n_mtp):
+    """The routing-bias update follows Gate.load: padding must not count, or the same data padded differently (another
+    batch layout, another data-parallel rank's rows) moves the biases differently. Right-padded rows through lm_loss
+    and left-padded rows with a key_mask count exactly what the rows count run one by one without padding."""
+    model = make(n_mtp=n_mtp).train()
+    rows = [torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (5, 9, 12)]
+    T = max(map(len, rows))
+
+    def reset():
+        for m in model.modules():
+            if isinstance(m, nanor1_model.Gate):
+                m.load.zero_()
+
+    reset()
+    for r in rows:                                              # the reference: no padding anywhere
+        lm_loss(model, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.bool))
+    unpadded = _loads(model)
+    assert unpadded.sum() > 0
+    reset()
+    tokens = torch.tensor([r + [0] * (T - len(r)) for r in rows])             # right padding, as sft.collate
+    mask = torch.tensor([[i < len(r) for i in range(T)] for r in rows])
+    lm_loss(model, tokens, mask)
+    torch.testing.assert_close(_loads(model), unpadded, atol=0, rtol=0)
+    reset()
+    tokens = torch.tensor([[0] * (T - len(r)) + r for r in rows])             # left padding, as the sampler
+    key_mask = torch.tensor([[i >= T - len(r) for i in range(T)] for r in rows])
+    pos = (key_mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        model(tokens, pos=pos, key_mask=key_mask)
+    torch.testing.assert_close(_loads(model)[:len(model.moe_layers())], unpadded[:len(model.moe_layers())],
+                               atol=0, rtol=0)
+
+
 def test_routing_bias_update_moves_skewed_load_toward_uniform():
     model = make(n_routed_experts=8, n_activated_experts=2, n_dense_layers=0, n_layers=1)
     gate = model.moe_layers()[0].gate

@@ -5,8 +5,10 @@ import random
 import pytest
 import torch
 
-from nanor1.model import Transformer, get_config
-from nanor1.sft import collate, length_bucketed_batches, load_conversations, render, sft_loss
+import nanor1.model as model_lib
+from nanor1.model import Transformer, get_config, lm_loss
+from nanor1.sft import (collate, length_bucketed_batches, load_conversations, render, render_text, shared_prefix_len,
+                        sft_loss)
 from nanor1.templates import get_template
 from nanor1.tokenizer import train_bpe
 
@@ -40,7 +42,8 @@ def test_render_masks_the_prompt(tok):
     assert ids[1:n_prompt] == tok.encode(R1.prompt(QUESTIONS[0]))                # tokenized as the sampler sees it
 
 
-def test_prompt_tokens_get_no_loss_and_no_gradient(tok):
+def test_prompt_tokens_get_no_loss_and_no_gradient(tok, monkeypatch):
+    monkeypatch.setattr(model_lib, "FAST_PATHS", False)      # one forward, so one logits tensor to look at
     model = tiny(tok.vocab_size)
     tokens, loss_mask = collate([render(tok, R1, q, response(q)) for q in QUESTIONS[:2]], tok.pad_id)
     seen = {}
@@ -58,6 +61,56 @@ def test_prompt_tokens_get_no_loss_and_no_gradient(tok):
     # the loss is the mean cross-entropy of the response targets alone
     ce = torch.nn.functional.cross_entropy(logits[:, :-1][scored].detach(), tokens[:, 1:][scored])
     assert loss.item() == pytest.approx(ce.item(), rel=1e-6)
+
+
+def _loss_grads_loads(model, fn, tokens, mask):
+    model.zero_grad()
+    for moe in model.moe_layers():
+        moe.gate.load.zero_()
+    loss, stats = fn(model, tokens, mask)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), stats, grads, [moe.gate.load.clone() for moe in model.moe_layers()]
+
+
+@pytest.mark.parametrize("arch", ["moe-mla", "dense-gqa"])
+@pytest.mark.parametrize("kind", ["pretraining", "sft"])
+def test_shared_prefix_loss_equals_the_full_forward(tok, arch, kind):
+    """sft_loss's fast path (the rows' common prefix run once) == lm_loss's one full forward: the loss, every
+    gradient, and the MoE load counts (padding excluded); on right-padded rows of different lengths, with the loss on
+    every token (pretraining) or on the responses only (SFT)."""
+    model = tiny(tok.vocab_size) if arch == "moe-mla" else Transformer(get_config(
+        "tiny", vocab_size=tok.vocab_size, dim=64, n_layers=2, attn="gqa", n_kv_heads=2, head_dim=16,
+        n_routed_experts=0, max_seq_len=128))
+    model.train()
+    replies = ["3 + 7 = 10", "2 + 9 = 11\n11 + 4 = 15\n15 + 1 = 16", "8", "4 + 5 = 9\n9 + 7 = 16\n16 + 9 = 25"]
+    pairs = [(f"question {i}", R1.response(r, r[-2:])) for i, r in enumerate(replies)]
+    if kind == "pretraining":
+        examples = [render_text(tok, R1.prompt(q) + r) for q, r in pairs]
+    else:
+        examples = [render(tok, R1, q, r) for q, r in pairs]
+    tokens, mask = collate(examples, tok.pad_id)
+    P = shared_prefix_len(tokens, mask)
+    assert P >= 8 and len({len(ids) for ids, _ in examples}) == 4        # a real shared prefix; ragged rows
+    plain = _loss_grads_loads(model, lm_loss, tokens, mask)
+    fast = _loss_grads_loads(model, sft_loss, tokens, mask)
+    assert fast[0] == pytest.approx(plain[0], rel=1e-6) and fast[1]["lm_loss"] == pytest.approx(plain[0], rel=1e-6)
+    assert plain[2].keys() == fast[2].keys()
+    for name, g in plain[2].items():
+        torch.testing.assert_close(fast[2][name], g, atol=1e-6, rtol=1e-4, msg=name)
+    for a, b in zip(fast[3], plain[3]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert sum(load.sum() for load in plain[3]) > 0 or arch == "dense-gqa"
+
+
+def test_shared_prefix_len():
+    t = torch.tensor([[1, 2, 3, 4, 0], [1, 2, 3, 5, 6], [1, 2, 9, 9, 9]])
+    m = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert shared_prefix_len(t, m) == 2
+    assert shared_prefix_len(t[:2], m[:2]) == 3
+    assert shared_prefix_len(t[:1], m[:1]) == 0                                  # one row: nothing to share
+    same = torch.tensor([[1, 2, 3, 0], [1, 2, 3, 0]])                             # identical rows: keep a token
+    assert shared_prefix_len(same, torch.tensor([[1, 1, 1, 0]] * 2, dtype=torch.bool)) == 2
 
 
 def test_sft_overfits_a_handful(tok):
