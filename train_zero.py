@@ -70,8 +70,8 @@ ZERO_PRESETS = {
     "countdown": {
         "flags": dict(task="countdown", task_kwargs=COUNTDOWN_TASK, base="runs/base-countdown",
                       out="runs/zero-countdown", max_new_tokens=192, steps=150, eval_every=25, save_every=25),
-        "pretrain": ["--task", "countdown", "--task-kwargs", COUNTDOWN_TASK, "--p-guess", "0.55", "--p-plain", "0.22",
-                     "--p-steps", "0.2", "--p-check", "0.03", "--max-new-tokens", "192"],
+        "pretrain": ["--task", "countdown", "--task-kwargs", COUNTDOWN_TASK, "--p-guess", "0.45", "--p-plain", "0.22",
+                     "--p-steps", "0.3", "--p-check", "0.03", "--max-new-tokens", "192"],
     },
 }
 
