@@ -20,7 +20,7 @@ paper uses a KL term; --beta turns it on and loads a frozen reference model); fo
 
 Commands:
   python train_zero.py                                   # the default demonstration: pretrain if needed, RL, eval
-  python train_zero.py --preset countdown                # the search demonstration (runs/base-countdown, runs/zero-countdown)
+  python train_zero.py --preset countdown                # the search demonstration (README: not working yet)
   python train_zero.py --base runs/base --steps 200 --out runs/zero-long
   python train_zero.py --base /path/to/hf-folder --task-file data/gsm8k_train.jsonl --eval-file data/gsm8k_test.jsonl \
       --device cuda --beta 0.001 --max-new-tokens 1024 --prompts-per-step 32 --group-size 16
@@ -375,7 +375,7 @@ def main(argv=None):
         if args.base != get_args(["--preset", args.preset]).base:
             raise SystemExit(f"base checkpoint {base} does not exist")
         flags = ZERO_PRESETS[args.preset]["pretrain"]
-        print0(f"no base model at {base}: pretraining one (pretrain.py defaults{' and ' + ' '.join(flags) if flags else ''})")
+        print0(f"no base model at {base}: pretraining one (pretrain.py defaults" + "".join(f" {f}" for f in flags) + ")")
         import pretrain
         # only the forced-mode diagnostic: the sampled base evaluation is the first thing done below
         pretrain.main(["--out", str(base), "--device", args.device, "--eval-k", "0", *flags])

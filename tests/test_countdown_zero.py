@@ -1,4 +1,5 @@
-"""R1-Zero on Countdown (train_zero.py --preset countdown): the reward on hand-made expressions, a base corpus that\nnever shows a held-out problem, the search metrics on hand-written responses, and the preset end to end."""
+"""R1-Zero on Countdown (train_zero.py --preset countdown): the reward on hand-made expressions, a base corpus that
+never shows a held-out problem, the search metrics on hand-written responses, and the preset end to end."""
 import json
 import re
 
