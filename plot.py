@@ -25,7 +25,8 @@ def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
 def plot_run(run) -> Path:
     run = Path(run)
     train, evals = read_metrics(run)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    search = bool(evals) and "eval/cd/attempts" in evals[0]        # a countdown run: two more panels
+    fig, axes = plt.subplots(1, 5 if search else 3, figsize=(25 if search else 15, 4))
     ax = axes[0]  # Figure 2: accuracy during RL
     steps = [r["step"] for r in evals]
     ax.plot(steps, [r["eval/pass@1"] for r in evals], "o-", label="pass@1 (held out)")
@@ -44,11 +45,34 @@ def plot_run(run) -> Path:
         ax.plot([r["step"] for r in train], [r[key] for r in train], label=label)
     ax.set(xlabel="RL step", ylabel="share of completions", title="behaviours", ylim=(0, 1))
     ax.legend()
+    if search:
+        plot_search(axes[3:], evals)
     fig.tight_layout()
     path = run / "curves.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_search(axes, evals: list[dict]) -> None:
+    """Countdown (held out, per eval): the search's size and the "aha" in behaviour, and length per difficulty."""
+    steps = [r["step"] for r in evals]
+    ax = axes[0]
+    for key, label in (("cd/retry_rate", "re-try after a miss"), ("cd/retry_after_noticed", "re-try after a noticed "
+                       "miss"), ("cd/noticed_rate", "misses noticed"), ("cd/step_accuracy", "steps right")):
+        ax.plot(steps, [r[f"eval/{key}"] for r in evals], "o-", label=label)
+    ax.set(xlabel="RL step", ylabel="share", title="search behaviour (held out)", ylim=(0, 1))
+    ax.legend()
+    ax = axes[1]
+    ax.plot(steps, [r["eval/cd/attempts"] for r in evals], "o-", color="k", label="attempts per response")
+    ax.set(xlabel="RL step", ylabel="attempts", title="attempts and length per difficulty (held out)")
+    twin = ax.twinx()
+    for size in (3, 4):
+        if f"eval/n{size}/mean_length" in evals[0]:
+            twin.plot(steps, [r[f"eval/n{size}/mean_length"] for r in evals], "s--", label=f"tokens, {size} numbers")
+    twin.set(ylabel="tokens")
+    ax.legend(loc="upper left")
+    twin.legend(loc="lower right")
 
 
 if __name__ == "__main__":

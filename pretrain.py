@@ -12,6 +12,8 @@ problem, the completion is drawn from a mix of "modes", and trains the tiny MoE+
   check   (rare)   steps, then "wait, let me check" and the sum redone in reverse order; a slip in the first
                    pass is caught there (in the default mix it is no more accurate than "steps": see README)
 
+(Countdown, `--task countdown`: the same four modes mean guess / plain / ONE attempt / rare SEARCH over candidate
+expressions; see build_countdown_corpus and README "R1-Zero on Countdown".)
 Those documents are the R1-Zero prompt (paper Table 1) followed by one completion. Besides them, a share of short
 "practice" documents without the template ("Q: 3 + 7 + 5\n3 + 7 = 10\n10 + 5 = 15\nA: 15", some with a reverse-order
 check) teach the skill itself cheaply, the way a real base model learns arithmetic from text that is not a chat
@@ -74,6 +76,14 @@ def get_args(argv=None):
     p.add_argument("--p-general", type=fraction, default=0.0, help="share of general documents: the knowledge "
                    "table's facts (private codes included) and the general tasks' training split as Q/A text "
                    "(general_documents)")
+    p.add_argument("--hit-rate", type=fraction, default=0.3, help="countdown: chance that a proposed candidate "
+                   "expression reaches the target (else it is a near miss)")
+    p.add_argument("--notice-rate", type=fraction, default=0.5, help="countdown: chance that a one-attempt "
+                   "completion whose candidate missed says so ('not 22') before answering it anyway")
+    p.add_argument("--max-attempts", type=positive_int, default=4, help="countdown: most candidates one search "
+                   "completion tries")
+    p.add_argument("--max-step-value", type=positive_int, default=100, help="countdown: candidates shown in the "
+                   "corpus keep every intermediate result <= this (fewer arithmetic facts to learn)")
     p.add_argument("--vocab-size", type=positive_int, default=512, help="tiny BPE vocabulary size")
     # model and optimisation
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset (nanor1.model.PRESETS)")
@@ -195,6 +205,106 @@ def practice_doc(task, problem, rng) -> str:
     return f"Q: {problem.question}\n" + "\n".join(lines) + f"\nA: {task.answer_text(problem)}"
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The countdown corpus: the pieces of a search, rarely chained
+#
+#   guess   <think> a hunch </think> <answer> an expression </answer>     right on a training problem with
+#                                                                         --guess-acc, else any expression
+#   plain   The answer is <expression>.                                   no tags
+#   steps   ONE attempt: propose a candidate and compute it, "7 * 3 = 21, 21 + 5 = 26"; it hits with --hit-rate
+#           (then "7 * 3 + 5 = 26" and that answer), else it is a near miss, answered anyway: with --notice-rate
+#           after saying so (", not 22": the miss was seen and the model stopped), else without comparing at all
+#   check   SEARCH (rare): a noticed miss, then "wait, let me try again" and another candidate, ... until a hit or
+#           --max-attempts candidates
+# A candidate is a game-rule expression over the problem's numbers: the solution (hit) or one of the 8 values
+# nearest the target (near miss), so one attempt is unreliable and retrying after a noticed miss pays. The
+# untemplated practice documents compute candidates and compare them with the target, and sometimes chain a second
+# attempt without the retry phrase, ending in a hit: the skills, without deciding which mode the template calls up.
+# Only training problems (CountdownTask splits by the number multiset) are ever written.
+
+RETRY = "wait, let me try again"
+
+
+def countdown_candidate(task, problem, rng, hit: bool, args) -> tuple:
+    """A hit (an expression reaching the target) or a near miss, with every step <= --max-step-value if possible."""
+    hits, misses = task.candidates(problem, args.max_step_value)
+    if not hits or not misses:  # every solution needs a bigger intermediate result: show one anyway
+        hits, misses = task.candidates(problem)
+    return rng.choice(hits) if hit or not misses else rng.choice(misses[:8])
+
+
+def countdown_attempts(task, problem, rng, args, *, first_hit: float, more: float, limit: int) -> tuple[list, tuple]:
+    """Attempt lines and the last candidate: the first hits with chance first_hit; after each (noticed) miss another
+    attempt follows with chance `more` (each hitting with --hit-rate), up to `limit` attempts."""
+    target, lines = problem.data["target"], []
+    tree = countdown_candidate(task, problem, rng, rng.random() < first_hit, args)
+    while True:
+        if tree[0] == target:
+            return lines + [task.attempt(tree), f"{task.equation(tree)} = {target}"], tree
+        lines.append(f"{task.attempt(tree)}, not {target}")
+        if len(lines) >= limit or rng.random() >= more:
+            return lines, tree
+        tree = countdown_candidate(task, problem, rng, rng.random() < args.hit_rate, args)
+
+
+def countdown_completion(task, problem, mode, rng, args) -> str:
+    target = problem.data["target"]
+    if mode in ("guess", "plain"):
+        if rng.random() < args.guess_acc:
+            tree = countdown_candidate(task, problem, rng, True, args)
+        else:  # any expression over the numbers
+            tree = rng.choice(task.candidates(problem)[1])
+        if mode == "plain":
+            return f" The answer is {task.equation(tree)}."
+        return R1_ZERO.response(rng.choice(HUNCHES), task.equation(tree))
+    if mode == "steps":  # one attempt, right or not, then stop
+        tree = countdown_candidate(task, problem, rng, rng.random() < args.hit_rate, args)
+        if tree[0] == target:
+            lines = [task.attempt(tree), f"{task.equation(tree)} = {target}"]
+        elif rng.random() < args.notice_rate:
+            lines = [f"{task.attempt(tree)}, not {target}"]
+        else:
+            lines = [task.attempt(tree)]
+        return R1_ZERO.response("\n".join(lines), task.equation(tree))
+    # search: a noticed miss first (that is what a retry follows), then retries until a hit
+    lines, tree = countdown_attempts(task, problem, rng, args, first_hit=0.0, more=1.0, limit=args.max_attempts)
+    text = "\n".join(lines).replace(f", not {target}\n", f", not {target}\n{RETRY}\n")
+    return R1_ZERO.response(text, task.equation(tree))
+
+
+def countdown_practice_doc(task, problem, rng, args) -> str:
+    """Untemplated: compute candidates and compare each with the target until a hit (a second try after a miss
+    half the time, up to three attempts); ends with the equation."""
+    lines, tree = countdown_attempts(task, problem, rng, args, first_hit=0.5, more=0.5, limit=3)
+    if tree[0] != problem.data["target"]:  # gave up: show the solution after all, so every practice doc ends right
+        hit = countdown_candidate(task, problem, rng, True, args)
+        lines += [task.attempt(hit), f"{task.equation(hit)} = {problem.data['target']}"]
+        tree = hit
+    return f"Q: {problem.question}\n" + "\n".join(lines) + f"\nA: {task.equation(tree)}"
+
+
+def build_countdown_corpus(task, args) -> tuple[list[str], dict]:
+    """The countdown corpus: --n-docs documents over the training split (equal shares of each size in a mix)."""
+    rng = random.Random(args.seed)
+    modes = ["guess", "plain", "steps", "check"]
+    weights = [args.p_guess, args.p_plain, args.p_steps, args.p_check]
+    n_train = task.count("train")
+    if len(task.sizes) > 1:  # as many of each size as the smallest pool has, so no size dominates the corpus
+        n_train = len(task.sizes) * min(sum(len(k[0]) == s for k in task._pool("train")) for s in task.sizes)
+    problems = task.sample("train", n_train, seed=args.seed)
+    docs, counts = [], dict.fromkeys(["practice"] + modes, 0)
+    for i in range(args.n_docs):
+        problem = problems[i % n_train]
+        if rng.random() < args.p_practice:
+            counts["practice"] += 1
+            docs.append(countdown_practice_doc(task, problem, rng, args))
+            continue
+        mode = rng.choices(modes, weights)[0]
+        counts[mode] += 1
+        docs.append(R1_ZERO.prompt(problem.question) + countdown_completion(task, problem, mode, rng, args))
+    return docs, {"docs_by_mode": counts, "distinct_problems": min(n_train, args.n_docs)}
+
+
 def general_documents(seed: int) -> list[str]:
     """What the base knows besides sums, for R1's general tasks (nanor1.tasks.GeneralTask): the knowledge table's
     facts, and the general tasks' TRAINING split as plain Q/A text (copy or reverse words, look up a fact, decline a
@@ -206,6 +316,8 @@ def general_documents(seed: int) -> list[str]:
 
 
 def build_corpus(task, args) -> tuple[list[str], dict]:
+    if task.kind == "countdown":
+        return build_countdown_corpus(task, args)
     rng = random.Random(args.seed)
     modes = ["guess", "plain", "steps", "check"]
     weights = [args.p_guess, args.p_plain, args.p_steps, args.p_check]

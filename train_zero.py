@@ -20,6 +20,7 @@ paper uses a KL term; --beta turns it on and loads a frozen reference model); fo
 
 Commands:
   python train_zero.py                                   # the default demonstration: pretrain if needed, RL, eval
+  python train_zero.py --preset countdown                # the search demonstration (README: not working yet)
   python train_zero.py --base runs/base --steps 200 --out runs/zero-long
   python train_zero.py --base /path/to/hf-folder --task-file data/gsm8k_train.jsonl --eval-file data/gsm8k_test.jsonl \
       --device cuda --beta 0.001 --max-new-tokens 1024 --prompts-per-step 32 --group-size 16
@@ -58,8 +59,27 @@ from nanor1.training import (DivergenceGuard, JsonlLogger, RunFolderError, autoc
                              set_rng_state)
 
 
+# Built-in demonstrations. A preset sets the defaults of train_zero's flags (a flag given on the command line still
+# wins) and the flags pretrain.py makes the base with when the preset's base folder is missing.
+# - arithmetic (the default): sums of five digits; the accuracy rise, cons@k > pass@1 (README "R1-Zero").
+# - countdown: reach a target from 3 or 4 numbers (half each); a first attempt is unreliable and retrying after a
+#   noticed miss pays, so RL can grow the search: attempts, length, retries (README "R1-Zero on Countdown").
+COUNTDOWN_TASK = '{"n_numbers": 4, "min_numbers": 3, "max_target": 50}'
+ZERO_PRESETS = {
+    "arithmetic": {"flags": {}, "pretrain": []},
+    "countdown": {
+        "flags": dict(task="countdown", task_kwargs=COUNTDOWN_TASK, base="runs/base-countdown",
+                      out="runs/zero-countdown", max_new_tokens=192, steps=150, eval_every=25, save_every=25),
+        "pretrain": ["--task", "countdown", "--task-kwargs", COUNTDOWN_TASK, "--p-guess", "0.45", "--p-plain", "0.22",
+                     "--p-steps", "0.3", "--p-check", "0.03", "--max-new-tokens", "192"],
+    },
+}
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="arithmetic", choices=sorted(ZERO_PRESETS), help="built-in demonstration: "
+                   "sets the defaults below and the base's pretraining flags (ZERO_PRESETS)")
     # model
     p.add_argument("--base", default="runs/base", help="base checkpoint (nanor1 or HF folder); made by pretrain.py "
                                                       "when it is the default and missing")
@@ -91,6 +111,8 @@ def get_args(argv=None):
     # run
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=1234, help="seed of data order, sampling and initial state")
+    preset, _ = p.parse_known_args(argv)   # (an unknown flag is reported by the full parse below)
+    p.set_defaults(**ZERO_PRESETS[preset.preset]["flags"])
     args = p.parse_args(argv)
     if args.eval_top_p > 1:
         p.error(f"--eval-top-p must be in (0, 1], got {args.eval_top_p}")
@@ -350,12 +372,13 @@ def main(argv=None):
 
     base = Path(args.base)
     if checkpoint.find(base) is None and not base.exists():
-        if args.base != get_args([]).base:
+        if args.base != get_args(["--preset", args.preset]).base:
             raise SystemExit(f"base checkpoint {base} does not exist")
-        print0(f"no base model at {base}: pretraining one (pretrain.py defaults)")
+        flags = ZERO_PRESETS[args.preset]["pretrain"]
+        print0(f"no base model at {base}: pretraining one (pretrain.py defaults" + "".join(f" {f}" for f in flags) + ")")
         import pretrain
         # only the forced-mode diagnostic: the sampled base evaluation is the first thing done below
-        pretrain.main(["--out", str(base), "--device", args.device, "--eval-k", "0"])
+        pretrain.main(["--out", str(base), "--device", args.device, "--eval-k", "0", *flags])
 
     # A run folder is either resumed or started clean, never mixed (nanor1.training.prepare_run).
     # (a folder holding only args.json is a run that failed at start-up: it may be started again)
@@ -449,6 +472,7 @@ def main(argv=None):
         if fsdp.is_main():
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
         keys = ["pass@1", f"cons@{args.eval_k}", "format_rate", "mean_length", "reflection_rate"]
+        keys += [k for k in ("cd/attempts", "cd/retry_rate", "cd/retry_after_noticed") if k in report]
         print0(f"\n{'':10s}" + "".join(f"{k:>16s}" for k in keys))
         for name, rep in (("base", base_report), ("R1-Zero", report)):
             print0(f"{name:10s}" + "".join(f"{rep.get(k, float('nan')):16.3f}" for k in keys))

@@ -154,7 +154,8 @@ def fill_groups(ro: Rollouts, more, max_refills: int) -> tuple[Rollouts, int]:
 
 
 def behaviour_stats(ro: Rollouts) -> dict:
-    """Response length, reflection and truncation rates, and each reward component's mean."""
+    """Response length, reflection and truncation rates, and each reward component's mean; for countdown problems
+    also the search behaviour (countdown_stats)."""
     n = len(ro.texts)
     stats = {
         "mean_length": ro.lengths.float().mean().item(),
@@ -163,7 +164,68 @@ def behaviour_stats(ro: Rollouts) -> dict:
     }
     for name, values in ro.components.items():
         stats[f"reward/{name}"] = sum(values) / n
+    rows = [p for p in ro.problems for _ in range(ro.group_size)]
+    if any(p.kind == "countdown" for p in ro.problems):
+        stats.update(countdown_stats([t for t, p in zip(ro.texts, rows) if p.kind == "countdown"],
+                                     [p for p in rows if p.kind == "countdown"]))
     return stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Countdown: the search in a response, read line by line
+#
+# An attempt is a line of steps "7 * 3 = 21, 21 + 5 = 26" (a candidate computed), maybe ending ", not 22" (the
+# model compared it with the target and saw the miss). The "aha" in behaviour is what follows a noticed miss:
+# another attempt (a retry) or the end of the reasoning. Counting attempts, not the word "wait", measures it.
+
+_STEP = r"(\d+) ([-+*/]) (\d+) = (\d+)"
+_ATTEMPT = re.compile(rf"^{_STEP}(?:, {_STEP})*(?:, not (\d+))?$")
+
+
+def parse_attempts(text: str, target: int) -> list[dict]:
+    """The attempts of a response's reasoning, in order: {"value": last step's result, "hit": value == target,
+    "noticed": wrote "not N" (N any number), "steps": [(a, op, b, c)], "steps_right": how many are right}."""
+    out = []
+    for line in text.split("</think>")[0].replace("<think>", "\n").splitlines():
+        line = line.strip()
+        if not _ATTEMPT.match(line):
+            continue
+        steps = [tuple(m.groups()) for m in re.finditer(_STEP, line)]
+        right = 0
+        for a, op, b, c in steps:
+            a, b, c = int(a), int(b), int(c)
+            right += {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op] == c
+        value = int(steps[-1][3])
+        out.append({"value": value, "hit": value == target, "noticed": bool(re.search(r", not \d+$", line)),
+                    "steps": steps, "steps_right": right})
+    return out
+
+
+def countdown_stats(texts: list[str], problems: list) -> dict:
+    """Search behaviour over countdown responses (one problem per text):
+    cd/attempts             mean attempts (computed candidates) per response
+    cd/retry_rate           share of responses with an attempt after a missed one (a re-try after a miss)
+    cd/noticed_rate         share of missed attempts the response marked "not T"
+    cd/retry_after_noticed  share of noticed misses followed by another attempt: the "aha" in behaviour
+    cd/step_accuracy        share of computed steps whose arithmetic is right
+    cd/hit_rate             share of attempts that reach the target"""
+    n_att = n_retry = n_miss = n_noticed = n_noticed_retry = n_steps = n_right = n_hits = 0
+    for text, p in zip(texts, problems):
+        attempts = parse_attempts(text, p.data["target"])
+        n_att += len(attempts)
+        n_hits += sum(a["hit"] for a in attempts)
+        misses = [i for i, a in enumerate(attempts) if not a["hit"]]
+        n_retry += any(i < len(attempts) - 1 for i in misses)
+        n_miss += len(misses)
+        noticed = [i for i in misses if attempts[i]["noticed"]]
+        n_noticed += len(noticed)
+        n_noticed_retry += sum(i < len(attempts) - 1 for i in noticed)
+        n_steps += sum(len(a["steps"]) for a in attempts)
+        n_right += sum(a["steps_right"] for a in attempts)
+    n = max(len(texts), 1)
+    return {"cd/attempts": n_att / n, "cd/retry_rate": n_retry / n, "cd/noticed_rate": n_noticed / max(n_miss, 1),
+            "cd/retry_after_noticed": n_noticed_retry / max(n_noticed, 1),
+            "cd/step_accuracy": n_right / max(n_steps, 1), "cd/hit_rate": n_hits / max(n_att, 1)}
 
 
 def gather_rollouts(ro: Rollouts | None) -> Rollouts:
@@ -190,22 +252,41 @@ def evaluate(model, tokenizer, problems, *, template, k: int = 8, temperature: f
                  reward_fn=rule_rewards({"accuracy": 1.0, "format": 1.0}, template)) if hi > lo else None
     ro = gather_rollouts(ro)
     correct = [[c > 0.5 for c in ro.components["accuracy"][i * k:(i + 1) * k]] for i in range(len(problems))]
-    cons = 0.0
+    cons, cons_by_problem = 0.0, []
     for i, problem in enumerate(problems):
         answers = [template.final_answer(t) for t in ro.texts[i * k:(i + 1) * k]]   # None: no answer, no vote
         # math: equivalent answers (0.5, 1/2) vote together; equations: exact strings. A tie scores the share of
         # the tied answers that are right (scoring.cons_score, as evaluate.py counts it).
         same = {} if problem.kind == "math" else {"same": lambda a, b: a.strip() == b.strip()}
-        cons += cons_score(answers, lambda a, p=problem: grade_answer(a, p) > 0.5, **same)
+        cons_by_problem.append(cons_score(answers, lambda a, p=problem: grade_answer(a, p) > 0.5, **same))
+        cons += cons_by_problem[-1]
     return {
         "pass@1": mean_pass_at_1(correct),
         f"pass@{k}": sum(pass_at_k(k, sum(c), k) for c in correct) / len(correct),
         f"cons@{k}": cons / len(problems),
         "format_rate": sum(ro.components["format"]) / len(ro.texts),
         **{key: v for key, v in behaviour_stats(ro).items() if not key.startswith("reward/")},
+        **by_difficulty(ro, correct, cons_by_problem, k),
         "examples": [{"question": problems[i // k].question, "completion": ro.texts[i],
                       "correct": bool(correct[i // k][i % k])} for i in range(0, min(n_examples * k, len(ro.texts)), k)],
     }
+
+
+def by_difficulty(ro: Rollouts, correct: list[list[bool]], cons: list[float], k: int) -> dict:
+    """Countdown problems of several sizes: pass@1, cons@k, length and search behaviour per number of numbers
+    ("n3/pass@1", "n4/cd/attempts", ...); {} otherwise."""
+    sizes = sorted({len(p.data["numbers"]) for p in ro.problems if p.kind == "countdown"})
+    if len(sizes) < 2:
+        return {}
+    out = {}
+    for size in sizes:
+        keep = [i for i, p in enumerate(ro.problems) if p.kind == "countdown" and len(p.data["numbers"]) == size]
+        part = ro.groups(keep)
+        out.update({f"n{size}/pass@1": mean_pass_at_1([correct[i] for i in keep]),
+                    f"n{size}/cons@{k}": sum(cons[i] for i in keep) / len(keep),
+                    **{f"n{size}/{key}": v for key, v in behaviour_stats(part).items()
+                       if key == "mean_length" or key.startswith("cd/")}})
+    return out
 
 
 def _through_first_step(lines: list[str]) -> str:
@@ -219,7 +300,10 @@ def forced_mode_accuracy(model, tokenizer, task, problems, *, template, max_new_
     line of the worked solution, then decode greedily. High means the base holds a reliable mode RL can select."""
     marker = "\x00"   # where the reasoning starts in the template's response
     head = template.response(marker, "").split(marker)[0]               # R1-Zero: " <think> "
-    prefix = [head + _through_first_step(task.worked_solution(p)) for p in problems]
+    if getattr(task, "kind", None) == "countdown":   # the first step of a solution: "8 * 3 = 24"; the model must
+        prefix = [head + task.attempt(task.candidates(p)[0][0]).split(", ")[0] for p in problems]  # finish it
+    else:
+        prefix = [head + _through_first_step(task.worked_solution(p)) for p in problems]
     ro = rollout(model, tokenizer, problems, template=template, group_size=1, prefix=prefix,
                  params=SamplingParams(max_new_tokens=max_new_tokens, greedy=True),
                  reward_fn=rule_rewards({"accuracy": 1.0}, template))

@@ -14,19 +14,23 @@ At our scale we generate them, with no download and no leakage:
 
 Splits: each problem goes to "train" or "test" by a stable hash of its canonical content, the part that decides the
 answer (arithmetic: the multiset of signed terms, so no reordering of a test sum is ever trained on; countdown: the
-sorted numbers and the target). A test problem is thus never in train, whatever the seeds. `sample(split, n, seed)`
+multiset of numbers alone, so a held-out set of numbers is never trained on with any target). A test problem is thus
+never in train, whatever the seeds. `sample(split, n, seed)`
 draws n distinct problems uniformly from the split, listed once per task object.
 
 `worked_solution(problem)` gives the steps a careful solver writes, one short line each, for building the base
 model's corpus. Countdown traces are not a real search log: they show 0..max_failed_attempts near misses
 ("... = 21, not 22", chosen by a hash of the problem) before the solution, so that the base model contains a
-check-and-retry mode for RL to select.
+check-and-retry mode for RL to select. pretrain.py builds its countdown corpus from `candidates`, `attempt` and
+`equation` instead (a designed mix of one-attempt and rare search completions; see its docstring and README).
+`CountdownTask(n_numbers=4, min_numbers=3)` mixes 3- and 4-number problems, sampled in equal shares.
 
 Countdown follows the TV game's rules when generating: every intermediate result is a positive integer. `solve`
 also finds solutions that need negative or fractional intermediates, as any equation that hits the target counts.
 """
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -229,6 +233,17 @@ def solve(numbers: list[int], target: int) -> str | None:
     return _text(found)[0] if found else None
 
 
+@functools.lru_cache(maxsize=4096)
+def _game_trees(numbers: tuple[int, ...]) -> tuple[tuple, ...]:
+    """Every distinct game-rule tree over the sorted numbers (cached: the base corpus asks once per document)."""
+    return tuple(sorted(set(_expressions([(x,) for x in numbers], game_rules=True))))
+
+
+def _max_step(e: tuple) -> int:
+    """The largest value any step of the tree computes (the numbers themselves included)."""
+    return e[0] if len(e) == 1 else max(e[0], _max_step(e[2]), _max_step(e[3]))
+
+
 def _reachable(numbers: tuple[int, ...], memo: dict) -> set[int]:
     """Every value the game's rules can make from all of `numbers` (sorted), memoized on sub-multisets."""
     if numbers not in memo:
@@ -255,16 +270,20 @@ class CountdownTask(_GeneratedTask):
     max_target: int = 100
     max_failed_attempts: int = 2  # near misses shown before the solution in worked_solution
     test_fraction: float = 0.2
+    min_numbers: int = 0  # > 0: a mix of difficulties, min_numbers..n_numbers numbers, sampled in equal shares
     _pools: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     name = "countdown"
     kind = "countdown"
 
     def __post_init__(self):
-        for knob, lo in (("n_numbers", 2), ("max_number", 1), ("max_target", 1), ("max_failed_attempts", 0)):
+        for knob, lo in (("n_numbers", 2), ("max_number", 1), ("max_target", 1), ("max_failed_attempts", 0),
+                         ("min_numbers", 0)):
             if not isinstance(getattr(self, knob), int) or getattr(self, knob) < lo:
                 raise ValueError(f"{knob} must be an int >= {lo}, got {getattr(self, knob)!r}")
         if self.n_numbers > 4:
             raise ValueError(f"n_numbers must be 2, 3 or 4, got {self.n_numbers}")
+        if self.min_numbers and not 2 <= self.min_numbers <= self.n_numbers:
+            raise ValueError(f"min_numbers must be 0 (off) or in 2..n_numbers={self.n_numbers}, got {self.min_numbers}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
         n_sets = math.comb(self.max_number + self.n_numbers - 1, self.n_numbers)
@@ -272,16 +291,47 @@ class CountdownTask(_GeneratedTask):
             raise ValueError(f"n_numbers={self.n_numbers}, max_number={self.max_number} gives {n_sets:,} number sets, "
                              f"too many to list (at most 25,000)")
 
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The numbers of numbers a problem may have: (n_numbers,), or min_numbers..n_numbers for a mix."""
+        return tuple(range(self.min_numbers or self.n_numbers, self.n_numbers + 1))
+
     def _all_keys(self):
         # key: (sorted numbers, target) for every target in 1..max_target the game's rules can reach
         memo = {}
-        for numbers in itertools.combinations_with_replacement(range(1, self.max_number + 1), self.n_numbers):
-            for target in sorted(_reachable(numbers, memo)):
-                if target <= self.max_target:
-                    yield numbers, target
+        for size in self.sizes:
+            for numbers in itertools.combinations_with_replacement(range(1, self.max_number + 1), size):
+                for target in sorted(_reachable(numbers, memo)):
+                    if target <= self.max_target:
+                        yield numbers, target
 
     def _canonical(self, key) -> tuple:
         return key  # (sorted numbers, target) already is
+
+    def _split_of(self, key) -> str:
+        """By the multiset of numbers alone: every target of a held-out set of numbers is held out, so no test
+        problem shares its numbers (let alone its numbers and target) with a training one."""
+        return "test" if _unit_hash(f"{self.name}:{key[0]}") < self.test_fraction else "train"
+
+    def sample(self, split: str, n: int, seed: int) -> list[Problem]:
+        """As _GeneratedTask.sample; a mix of sizes draws them in equal shares (the first sizes get the remainder),
+        in a shuffled order, as the 4-number pool alone is ~10x the 3-number one."""
+        if len(self.sizes) == 1:
+            return super().sample(split, n, seed)
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        if not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        rng, out = random.Random(seed), []
+        for i, size in enumerate(self.sizes):
+            pool = [key for key in self._pool(split) if len(key[0]) == size]
+            want = n // len(self.sizes) + (i < n % len(self.sizes))
+            if want > len(pool):
+                raise ValueError(f"asked for {want} {split} problems of {size} numbers but {self!r} has only "
+                                 f"{len(pool)}")
+            out += [pool[j] for j in rng.sample(range(len(pool)), want)]
+        rng.shuffle(out)
+        return [self._problem(key, split) for key in out]
 
     def _problem(self, key, split) -> Problem:
         numbers, target = list(key[0]), key[1]
@@ -307,6 +357,28 @@ class CountdownTask(_GeneratedTask):
         lines = [", ".join(_steps(e)) + f", not {target}" for e in misses]
         lines += [", ".join(_steps(solution)), f"{_text(solution)[0]} = {target}"]
         return lines, _text(solution)[0]
+
+    def candidates(self, problem: Problem, max_value: int | None = None) -> tuple[list[tuple], list[tuple]]:
+        """(hits, misses): the game-rule expression trees over the problem's numbers that reach its target, and
+        those that do not, nearest value first; with max_value, only trees whose every step stays <= max_value
+        (what the base corpus shows: a tiny model learns fewer, smaller arithmetic facts)."""
+        data = self._check_problem(problem, ("numbers", "target"))
+        target, trees = data["target"], _game_trees(tuple(sorted(data["numbers"])))
+        if max_value is not None:
+            trees = [e for e in trees if _max_step(e) <= max_value]
+        hits = [e for e in trees if e[0] == target]
+        misses = sorted((e for e in trees if e[0] != target), key=lambda e: (abs(e[0] - target), e))
+        return hits, misses
+
+    @staticmethod
+    def attempt(tree: tuple) -> str:
+        """One attempt as the base corpus writes it: the steps of a candidate, "7 * 3 = 21, 21 + 5 = 26"."""
+        return ", ".join(_steps(tree))
+
+    @staticmethod
+    def equation(tree: tuple) -> str:
+        """The candidate's infix text, "7 * 3 + 5" (what goes inside <answer>)."""
+        return _text(tree)[0]
 
     def worked_solution(self, problem: Problem) -> list[str]:
         """A short search: near misses ("7 * 3 = 21, 21 + 5 = 26, not 22"), the hit, then the equation."""

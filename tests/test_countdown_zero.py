@@ -1,0 +1,163 @@
+"""R1-Zero on Countdown (train_zero.py --preset countdown): the reward on hand-made expressions, a base corpus that
+never shows a held-out problem, the search metrics on hand-written responses, and the preset end to end."""
+import json
+import re
+
+import pytest
+import torch
+
+import pretrain
+import train_zero
+from nanor1 import checkpoint
+from nanor1.model import Transformer, get_config
+from nanor1.rewards import countdown_reward
+from nanor1.rollout import countdown_stats, parse_attempts
+from nanor1.tasks import CountdownTask, Problem, make_task
+from nanor1.tokenizer import train_bpe
+
+SMALL = dict(n_numbers=4, min_numbers=3, max_number=6, max_target=30)   # a mix of 3 and 4 numbers, quick to list
+
+torch.set_num_threads(1)
+
+
+# ---- the reward ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("answer, numbers, target, expected", [
+    ("7 * 3 + 5", [3, 5, 7], 26, 1.0),
+    ("7 / 2 * 4", [7, 2, 4], 14, 1.0),               # a non-integer intermediate (7/2) is exact arithmetic: allowed
+    ("(7 - 7 / 2) * 4", [7, 7, 2, 4], 14, 1.0),
+    ("4 * 6", [4, 6, 1], 24, 0.0),                   # the right value with a number left out
+    ("4 * 6 * 1 * 1", [4, 6, 1], 24, 0.0),           # ... with an extra number (1 given once, used twice)
+    ("4 * 6 + 1 - 1", [4, 6, 1], 24, 0.0),
+    ("3 * 8", [4, 6, 1], 24, 0.0),                   # the right value from numbers not given
+    ("4 * 6 / 1 = 24", [4, 6, 1], 24, 1.0),
+    ("4 * 6 / 1 = 25", [4, 6, 1], 24, 0.0),
+    ("4 * 6 / (1 - 1)", [4, 6, 1, 1], 24, 0.0),      # division by zero
+    ("(4 * 6", [4, 6], 24, 0.0), ("4 6 *", [4, 6], 24, 0.0), ("4 ** 6", [4, 6], 4096, 0.0),
+])
+def test_countdown_reward_on_hand_made_expressions(answer, numbers, target, expected):
+    assert countdown_reward(answer, numbers, target) == expected
+
+
+# ---- the split and the corpus -------------------------------------------------------------------------------------
+
+def test_split_by_number_set_and_equal_shares_of_sizes():
+    task = CountdownTask(**SMALL)
+    train = {key[0] for key in task._pool("train")}
+    test = {key[0] for key in task._pool("test")}
+    assert train and test and not train & test          # no held-out set of numbers, whatever its target, is trained
+    assert {len(s) for s in test} == {3, 4}
+    sample = task.sample("test", 40, seed=1)
+    assert sorted(len(p.data["numbers"]) for p in sample) == [3] * 20 + [4] * 20
+    assert sample == task.sample("test", 40, seed=1) and sample != task.sample("test", 40, seed=2)
+    with pytest.raises(ValueError, match="min_numbers"):
+        CountdownTask(n_numbers=3, min_numbers=4)
+
+
+def corpus_problems(docs):
+    """(sorted numbers, target) of every problem a document states ("Use 3, 5, 7 to make 22")."""
+    return {(tuple(sorted(int(x) for x in m.group(1).split(", "))), int(m.group(2)))
+            for d in docs for m in re.finditer(r"Use ([\d, ]+) to make (\d+)", d)}
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    args = pretrain.get_args(["--task", "countdown", "--task-kwargs", str(SMALL).replace("'", '"'),
+                              "--n-docs", "3000", *train_zero.ZERO_PRESETS["countdown"]["pretrain"][4:]])
+    task = make_task(args.task, **args.task_kwargs)
+    return task, *pretrain.build_corpus(task, args)
+
+
+def test_corpus_never_shows_a_held_out_number_set(corpus):
+    task, docs, stats = corpus
+    seen = corpus_problems(docs)
+    assert len(seen) > 500
+    held_out = {key[0] for key in task._pool("test")}
+    assert not {numbers for numbers, _ in seen} & held_out
+    assert {len(numbers) for numbers, _ in seen} == {3, 4}
+    assert all(stats["docs_by_mode"][m] > 0 for m in ("practice", "guess", "plain", "steps", "check"))
+
+
+def test_corpus_attempts_are_right_and_searches_retry_after_a_noticed_miss(corpus):
+    task, docs, _ = corpus
+    one, search = [], []
+    for d in docs:
+        if "Assistant: <think>" not in d:       # a practice document or a plain answer
+            continue
+        numbers, target = next(iter(corpus_problems([d])))
+        reasoning = d.split("Assistant: <think> ")[1].split(" </think>")[0]
+        attempts = parse_attempts(" <think> " + reasoning + " </think>", target)
+        if reasoning in pretrain.HUNCHES:        # a guess
+            assert attempts == []
+            continue
+        assert all(a["steps_right"] == len(a["steps"]) for a in attempts)       # the corpus computes correctly
+        assert all(a["noticed"] for a in attempts if a["hit"] is False and len(attempts) > 1)
+        answer = d.split("Assistant:")[1].split("<answer> ")[1].split(" </answer>")[0]
+        assert (countdown_reward(answer, list(numbers), target) == 1.0) == attempts[-1]["hit"]
+        (search if pretrain.RETRY in reasoning else one).append(len(attempts))
+    assert one and search and set(one) == {1} and min(search) >= 2
+    assert max(search) <= pretrain.get_args([]).max_attempts
+
+
+# ---- the search metrics -------------------------------------------------------------------------------------------
+
+def cd(numbers, target):
+    return Problem("cd", f"Use {numbers} to make {target}", str(target), "countdown",
+                   {"numbers": numbers, "target": target})
+
+
+def test_search_metrics_on_hand_written_responses():
+    p = cd([3, 5, 7], 22)
+    texts = [
+        " <think> 7 * 3 = 21, 21 + 5 = 26, not 22\nwait, let me try again\n5 * 3 = 15, 15 + 7 = 22\n"
+        "5 * 3 + 7 = 22 </think> <answer> 5 * 3 + 7 </answer>",                   # noticed miss, retry, hit
+        " <think> 7 * 3 = 21, 21 + 5 = 26, not 22 </think> <answer> 7 * 3 + 5 </answer>",  # noticed, stopped
+        " <think> 7 + 3 = 11, 11 + 5 = 16 </think> <answer> 7 + 3 + 5 </answer>",  # unnoticed miss, a wrong step
+        " <think> easy </think> <answer> 7 + 5 </answer>",                         # a guess: no attempt
+    ]
+    s = countdown_stats(texts, [p] * 4)
+    assert s["cd/attempts"] == pytest.approx(4 / 4)
+    assert s["cd/retry_rate"] == pytest.approx(1 / 4)
+    assert s["cd/noticed_rate"] == pytest.approx(2 / 3)           # 3 misses, 2 marked "not 22"
+    assert s["cd/retry_after_noticed"] == pytest.approx(1 / 2)
+    assert s["cd/step_accuracy"] == pytest.approx(7 / 8)
+    assert s["cd/hit_rate"] == pytest.approx(1 / 4)
+    assert parse_attempts(texts[0], 22)[0] == {"value": 26, "hit": False, "noticed": True, "steps_right": 2,
+                                               "steps": [("7", "*", "3", "21"), ("21", "+", "5", "26")]}
+    # a retry after a miss the model did not mark still counts as a retry, not as a noticed one
+    s = countdown_stats([" <think> 7 + 3 = 10, 10 + 5 = 15\n5 * 3 = 15, 15 + 7 = 22 </think>"], [p])
+    assert (s["cd/retry_rate"], s["cd/noticed_rate"], s["cd/retry_after_noticed"]) == (1.0, 0.0, 0.0)
+    # lines after </think> are not reasoning
+    assert parse_attempts(" <think> x </think> 7 * 3 = 21, 21 + 1 = 22", 22) == []
+
+
+# ---- a short RL run -----------------------------------------------------------------------------------------------
+
+def test_preset_sets_defaults_that_flags_override():
+    a = train_zero.get_args(["--preset", "countdown", "--steps", "3"])
+    assert (a.task, a.base, a.steps) == ("countdown", "runs/base-countdown", 3)
+    assert a.task_kwargs == {"n_numbers": 4, "min_numbers": 3, "max_target": 50}
+    d = train_zero.get_args([])
+    assert (d.preset, d.task, d.base, d.steps, d.max_new_tokens) == ("arithmetic", "arithmetic", "runs/base", 40, 160)
+
+
+def test_preset_runs_end_to_end_and_logs_the_search(tmp_path, corpus):
+    """train_zero.py --preset countdown on a tiny untrained base: a few steps run, and every evaluation reports the
+    search metrics per difficulty. (That GRPO steps raise a reward is tested in test_train_zero.py; with the rule
+    rewards it needs a pretrained base, minutes here: see README "R1-Zero on Countdown".)"""
+    _, docs, _ = corpus
+    tokenizer = train_bpe(docs[:300], vocab_size=400)
+    torch.manual_seed(0)
+    checkpoint.save(tmp_path / "base", Transformer(get_config("tiny", vocab_size=tokenizer.vocab_size, dim=64,
+                    n_layers=2, kv_lora_rank=32, inter_dim=128, moe_inter_dim=32, max_seq_len=256)),
+                    tokenizer=tokenizer)
+    summary = train_zero.main(["--preset", "countdown", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "z"),
+                               "--task-kwargs", str(SMALL).replace("'", '"'), "--steps", "2", "--eval-every", "2",
+                               "--eval-problems", "4", "--eval-k", "2", "--prompts-per-step", "2", "--group-size", "4",
+                               "--max-new-tokens", "16", "--device", "cpu"])
+    for report in (summary["base"], summary["final"]):
+        for key in ("pass@1", "cons@2", "cd/attempts", "cd/retry_rate", "cd/retry_after_noticed", "n3/pass@1",
+                    "n4/cons@2", "n3/mean_length", "n4/cd/attempts"):
+            assert key in report, key
+    rows = [json.loads(line) for line in (tmp_path / "z" / "metrics.jsonl").read_text().splitlines()]
+    assert all("cd/attempts" in r for r in rows if "reward" in r)
