@@ -107,8 +107,7 @@ def bench_pretrain_corpus(args, n_batches=24) -> dict:
     batches = [sft.collate([seqs[i] for i in b], tok.pad_id) for b in batches]
     n_real = sum(int(m.sum()) for _, m in batches)
     models, opts = {}, {}
-    kinds = {"old": (False, sft.MIN_SHARED_PREFIX), "new, no shared prefix": (True, 10 ** 9),
-             "new": (True, sft.MIN_SHARED_PREFIX)}
+    kinds = {"old": (False, False), "new, no shared prefix": (True, False), "new": (True, True)}
     for kind in kinds:
         models[kind] = build("tiny").train()
         opts[kind] = make_optimizer(models[kind], 1e-4, 0.1)
@@ -116,15 +115,11 @@ def bench_pretrain_corpus(args, n_batches=24) -> dict:
     def epoch(kind):
         def fn():
             paths(kinds[kind][0])
-            sft.MIN_SHARED_PREFIX, keep = kinds[kind][1], sft.MIN_SHARED_PREFIX
-            try:
-                for tokens, mask in batches:
-                    loss, _ = sft.sft_loss(models[kind], tokens, mask)
-                    opts[kind].zero_grad(set_to_none=True)
-                    loss.backward()
-                    opts[kind].step()
-            finally:
-                sft.MIN_SHARED_PREFIX = keep
+            for tokens, mask in batches:
+                loss, _ = sft.sft_loss(models[kind], tokens, mask, shared_prefix=kinds[kind][1])
+                opts[kind].zero_grad(set_to_none=True)
+                loss.backward()
+                opts[kind].step()
         return fn
     t = alternate({k: epoch(k) for k in kinds}, max(1, args.repeats // 2))
     paths(True)

@@ -71,13 +71,16 @@ def collate(examples: list[tuple[list[int], list[bool]]], pad_id: int, device=No
 MIN_SHARED_PREFIX = 8   # shorter common prefixes are not worth a second forward
 
 
-def sft_loss(model, tokens, loss_mask):
+def sft_loss(model, tokens, loss_mask, shared_prefix: bool = False):
     """Next-token cross-entropy over the positions whose *target* token is in loss_mask [B, T] (plus the MTP and
-    balance losses when the model has them). Returns (loss, stats). When every row starts with the same tokens (the
-    R1-Zero template's instructions in the pretraining transcripts, a chat template's system prompt), the fast path
-    shared_prefix_loss computes the same loss running that prefix once."""
+    balance losses when the model has them). Returns (loss, stats). With shared_prefix, when every row starts with
+    the same tokens (the R1-Zero template's instructions in the pretraining transcripts, a chat template's system
+    prompt), the fast path shared_prefix_loss computes the same loss running that prefix once. It is opt-in
+    (pretrain.py --shared-prefix): the same gradients within float rounding still make another training trajectory,
+    and the default base recipe is sensitive to that (README, "How robust the default is")."""
     P = shared_prefix_len(tokens, loss_mask)
-    fast = model_lib.FAST_PATHS and P >= MIN_SHARED_PREFIX and not (model.cfg.n_mtp or model.cfg.balance_loss_alpha)
+    fast = (shared_prefix and model_lib.FAST_PATHS and P >= MIN_SHARED_PREFIX
+            and not (model.cfg.n_mtp or model.cfg.balance_loss_alpha))
     if world_size() > 1:   # FSDP gathers weights in every forward: all ranks must run as many (rows differ by rank)
         fast = int(all_reduce_sum(torch.tensor(int(fast), device=tokens.device))) == world_size()
     if fast:

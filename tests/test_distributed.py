@@ -114,7 +114,7 @@ def _worker(rank, port, base, tmp):
             for m in model.moe_layers():
                 m.gate.load.zero_()
             tokens, mask = (t[rank * 2:rank * 2 + 2] for t in pretrain_batch(second_row))
-            loss, _ = sft_loss(model.train(), tokens, mask)
+            loss, _ = sft_loss(model.train(), tokens, mask, shared_prefix=True)
             (loss * fsdp.token_share(mask[:, 1:])).backward()
             out[f"pretrain_grads{second_row}"] = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
             out[f"pretrain_loads{second_row}"] = [fsdp.all_reduce_sum(m.gate.load.clone()) for m in model.moe_layers()]

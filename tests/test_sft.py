@@ -1,6 +1,7 @@
 """SFT: an R1-format conversation renders with the loss on the response only (no loss and no gradient from the
 prompt), batches are length-bucketed, and a few examples are learned."""
 import random
+from functools import partial
 
 import pytest
 import torch
@@ -93,7 +94,7 @@ def test_shared_prefix_loss_equals_the_full_forward(tok, arch, kind):
     P = shared_prefix_len(tokens, mask)
     assert P >= 8 and len({len(ids) for ids, _ in examples}) == 4        # a real shared prefix; ragged rows
     plain = _loss_grads_loads(model, lm_loss, tokens, mask)
-    fast = _loss_grads_loads(model, sft_loss, tokens, mask)
+    fast = _loss_grads_loads(model, partial(sft_loss, shared_prefix=True), tokens, mask)
     assert fast[0] == pytest.approx(plain[0], rel=1e-6) and fast[1]["lm_loss"] == pytest.approx(plain[0], rel=1e-6)
     assert plain[2].keys() == fast[2].keys()
     for name, g in plain[2].items():
