@@ -773,14 +773,17 @@ class Transformer(nn.Module):
         return {"total_params": total, "active_params": total - routed + routed_active - embed}
 
 
+def right_padded_real(loss_mask):
+    """[B, T] bool: the real (non-pad) tokens of right-padded rows, each row through its last loss position."""
+    return loss_mask.flip(1).cumsum(1).flip(1) > 0
+
+
 def lm_loss(model: Transformer, tokens, loss_mask, *, pos=None, key_mask=None):
     """Next-token cross-entropy over positions where loss_mask [B, T] is set (mask of the *target* token), plus the
     MTP loss (weighted by mtp_loss_weight) and MoE balance losses when enabled. Returns (loss, stats).
     Without key_mask the rows are right-padded (sft.collate): each row's real tokens run through its last loss
     position, which is what the MoE load counts see."""
-    real = None
-    if key_mask is None:
-        real = loss_mask.flip(1).cumsum(1).flip(1) > 0                          # [B, T]: up to the last loss token
+    real = right_padded_real(loss_mask) if key_mask is None else None
     out = model(tokens, pos=pos, key_mask=key_mask, real=real)
     logits = out.logits
     target_mask = loss_mask[:, 1:].float()                                       # [B, T-1]

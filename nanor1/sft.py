@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import nanor1.model as model_lib
 from nanor1.fsdp import all_reduce_sum, world_size
-from nanor1.model import lm_loss
+from nanor1.model import lm_loss, right_padded_real
 from nanor1.tasks import JsonlFormatError, read_jsonl
 
 
@@ -78,9 +78,8 @@ def sft_loss(model, tokens, loss_mask, shared_prefix: bool = False):
     prompt), the fast path shared_prefix_loss computes the same loss running that prefix once. It is opt-in
     (pretrain.py --shared-prefix): the same gradients within float rounding still make another training trajectory,
     and the default base recipe is sensitive to that (README, "How robust the default is")."""
-    P = shared_prefix_len(tokens, loss_mask)
-    fast = (shared_prefix and model_lib.FAST_PATHS and P >= MIN_SHARED_PREFIX
-            and not (model.cfg.n_mtp or model.cfg.balance_loss_alpha))
+    P = shared_prefix_len(tokens, loss_mask) if shared_prefix else 0       # (host syncs: only when asked)
+    fast = (model_lib.FAST_PATHS and P >= MIN_SHARED_PREFIX and not (model.cfg.n_mtp or model.cfg.balance_loss_alpha))
     if world_size() > 1:   # FSDP gathers weights in every forward: all ranks must run as many (rows differ by rank)
         fast = int(all_reduce_sum(torch.tensor(int(fast), device=tokens.device))) == world_size()
     if fast:
@@ -91,13 +90,12 @@ def sft_loss(model, tokens, loss_mask, shared_prefix: bool = False):
 def shared_prefix_len(tokens, loss_mask) -> int:
     """P: how many leading tokens all rows of a right-padded batch share (tokens [B, T]), capped so that every row
     has a real token after them (real = up to each row's last loss position)."""
-    B, T = tokens.shape
-    if B < 2:
+    if tokens.size(0) < 2:
         return 0
     same = (tokens == tokens[:1]).all(0)                                 # [T]
     P = int(same.long().cumprod(0).sum())
-    last = T - 1 - loss_mask.flip(1).long().argmax(1)                     # [B] each row's last loss position
-    return max(0, min(P, int(last.min())))
+    shortest = int(right_padded_real(loss_mask).sum(1).min())            # real tokens of the shortest row
+    return max(0, min(P, shortest - 1))
 
 
 def shared_prefix_loss(model, tokens, loss_mask, P: int):
@@ -111,7 +109,7 @@ def shared_prefix_loss(model, tokens, loss_mask, P: int):
     Rows are right-padded, as sft.collate makes them (no key mask). ~2x fewer token-rows on the pretraining corpus's
     templated documents, whose ~170 tokens are mostly the template (bench/speed.py)."""
     B, T = tokens.shape
-    real = loss_mask.flip(1).cumsum(1).flip(1) > 0                         # [B, T]: up to the last loss token
+    real = right_padded_real(loss_mask)                                      # [B, T]
     cache = model.new_cache(1, P)
     pre = model(tokens[:1, :P], cache=cache)                                # logits [1, P, V]
     if model.training:  # the other B-1 rows' prefix tokens, as the full forward would count them
