@@ -38,6 +38,7 @@ import random
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from nanor1 import checkpoint, fsdp
@@ -100,6 +101,8 @@ def get_args(argv=None):
                    help="gamma of aux-loss-free MoE balancing")
     # evaluation of the base
     p.add_argument("--eval-problems", type=positive_int, default=200, help="held-out problems of the report")
+    p.add_argument("--eval-every", type=nonnegative_int, default=0, help="log forced-mode accuracy (100 held-out "
+                   "problems) every this many steps while training (0: only at the end)")
     p.add_argument("--eval-k", type=nonnegative_int, default=8, help="samples per problem; 0 skips the sampled report")
     p.add_argument("--eval-temperature", type=positive_float, default=0.6, help="paper: 0.6")
     p.add_argument("--eval-top-p", type=fraction, default=0.95, help="paper: 0.95")
@@ -343,6 +346,32 @@ def build_corpus(task, args) -> tuple[list[str], dict]:
     return docs, {"docs_by_mode": counts, "distinct_problems": min(n_train, args.n_docs)}
 
 
+WEAK_BASE = 0.5   # forced-mode accuracy below which every R1-Zero run we made from a base collapsed to guessing
+
+
+def weak_base_warning(report: dict) -> str | None:
+    """A warning for a base report whose forced-mode accuracy is below WEAK_BASE (None if fine or not measured)."""
+    acc = report.get("forced_mode_accuracy")
+    if acc is None or acc >= WEAK_BASE:
+        return None
+    return (f"warning: this base's forced-mode accuracy is {acc:.1%} (< {WEAK_BASE:.0%}): its step-by-step mode is "
+            "unreliable, and R1-Zero from such bases collapsed to formatted guessing in every run we made (README, "
+            "'How robust the default is'). `python dev/probe_base.py BASE` shows whether the skill is missing or "
+            "did not reach the template; another --seed may give a usable base.")
+
+
+def forced_mode(model, tokenizer, task, problems, args) -> float:
+    """Forced-mode accuracy (nanor1.rollout.forced_mode_accuracy) of the model being trained; leaves it as it was
+    found (train mode, torch's random state: a logged evaluation does not change the training run)."""
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[]), fsdp.gathered(model):   # FSDP: full weights for sampling
+        acc = forced_mode_accuracy(model, tokenizer, task, problems, template=R1_ZERO,
+                                   max_new_tokens=args.max_new_tokens)
+    model.train(was_training)
+    return acc
+
+
 def main(argv=None):
     args = get_args(argv)
     seed_everything(args.seed)
@@ -366,6 +395,7 @@ def main(argv=None):
         fsdp.shard_model(model, mixed_precision=device.type == "cuda")
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     rng = random.Random(args.seed)
+    problems = task.sample("test", args.eval_problems, seed=args.seed)   # held out: the report's problems
     batches, epoch = [], 0
     log = JsonlLogger(out / "pretrain_metrics.jsonl")
     model.train()
@@ -394,19 +424,24 @@ def main(argv=None):
             tok_s = tokens_seen / (time.time() - t_start)
             log.log(step=step, epoch=epoch, lr=lr, grad_norm=norm, tok_per_s=tok_s, **stats)
             bar.set_postfix(loss=f"{stats['lm_loss']:.3f}", tok_s=f"{tok_s:.0f}")
+        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+            t_eval = time.time()
+            acc = forced_mode(model, tokenizer, task, problems[:100], args)
+            log.log(step=step + 1, forced_mode_accuracy=acc)
+            if fsdp.is_main():
+                bar.write(f"step {step + 1}: forced-mode accuracy {acc:.2f} (100 held-out problems)")
+            t_start += time.time() - t_eval   # tokens/s counts training time only
     train_s = time.time() - t_start
 
     # the base model's report: what RL will have to work with
     model.eval()
-    problems = task.sample("test", args.eval_problems, seed=args.seed)
     report = {}
     with fsdp.gathered(model):   # FSDP: full weights for sampling (evaluate shards its problems over the ranks)
         if args.eval_k > 0:
             report = evaluate(model, tokenizer, problems, template=R1_ZERO, k=args.eval_k,
                               temperature=args.eval_temperature, top_p=args.eval_top_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed)
-        report["forced_mode_accuracy"] = forced_mode_accuracy(model, tokenizer, task, problems, template=R1_ZERO,
-                                                              max_new_tokens=args.max_new_tokens)
+    report["forced_mode_accuracy"] = forced_mode(model, tokenizer, task, problems, args)
     report.update(train_seconds=train_s, tokens_seen=tokens_seen, final_loss=stats["lm_loss"])
     log.log(step=args.steps, **{f"base/{k}": v for k, v in report.items() if not isinstance(v, (list, dict))})
     log.close()
@@ -414,6 +449,8 @@ def main(argv=None):
                                                             "base_report": report, "template": R1_ZERO.name})
     print0("base model report: " + json.dumps({k: v for k, v in report.items() if not isinstance(v, (list, dict))}))
     print0(f"saved {out}")
+    if warning := weak_base_warning(report):
+        print0(warning)
     return report
 
 

@@ -387,6 +387,10 @@ def main(argv=None):
     policy, tokenizer, state = checkpoint.load(checkpoint.find(ckpt) if resuming else base, device=device)
     if tokenizer is None:
         raise SystemExit(f"{base} has no tokenizer.json; R1-Zero needs one to build prompts and read answers")
+    if not resuming:   # a base RL cannot use: say so before the run, not after an hour of collapse
+        import pretrain
+        if warning := pretrain.weak_base_warning((checkpoint.read_extra(base) or {}).get("base_report", {})):
+            print0(warning)
     ref = None
     if args.beta > 0:  # the frozen reference: the base model itself
         ref = copy.deepcopy(policy) if not resuming else checkpoint.load(base, device=device)[0]
