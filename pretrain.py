@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from nanor1 import checkpoint, fsdp
 from nanor1.model import PRESETS, Transformer, get_config
-from nanor1.rollout import evaluate, forced_mode_accuracy
+from nanor1.rollout import evaluate, forced_mode_accuracy, weak_base_warning
 from nanor1.sft import collate, length_bucketed_batches, render_text, sft_loss
 from nanor1.tasks import LANGS, PHRASES, TASKS, ArithmeticTask, GeneralTask, make_task
 from nanor1.templates import get_template
@@ -346,30 +346,12 @@ def build_corpus(task, args) -> tuple[list[str], dict]:
     return docs, {"docs_by_mode": counts, "distinct_problems": min(n_train, args.n_docs)}
 
 
-WEAK_BASE = 0.5   # forced-mode accuracy below which every R1-Zero run we made from a base collapsed to guessing
-
-
-def weak_base_warning(report: dict) -> str | None:
-    """A warning for a base report whose forced-mode accuracy is below WEAK_BASE (None if fine or not measured)."""
-    acc = report.get("forced_mode_accuracy")
-    if acc is None or acc >= WEAK_BASE:
-        return None
-    return (f"warning: this base's forced-mode accuracy is {acc:.1%} (< {WEAK_BASE:.0%}): its step-by-step mode is "
-            "unreliable, and R1-Zero from such bases collapsed to formatted guessing in every run we made (README, "
-            "'How robust the default is'). `python dev/probe_base.py BASE` shows whether the skill is missing or "
-            "did not reach the template; another --seed may give a usable base.")
-
-
 def forced_mode(model, tokenizer, task, problems, args) -> float:
-    """Forced-mode accuracy (nanor1.rollout.forced_mode_accuracy) of the model being trained; leaves it as it was
-    found (train mode, torch's random state: a logged evaluation does not change the training run)."""
-    was_training = model.training
-    model.eval()
+    """Forced-mode accuracy (nanor1.rollout.forced_mode_accuracy) of the model being trained, torch's random state
+    left as it was (the sampler gives the model its train mode back): a logged evaluation does not change the run."""
     with torch.random.fork_rng(devices=[]), fsdp.gathered(model):   # FSDP: full weights for sampling
-        acc = forced_mode_accuracy(model, tokenizer, task, problems, template=R1_ZERO,
-                                   max_new_tokens=args.max_new_tokens)
-    model.train(was_training)
-    return acc
+        return forced_mode_accuracy(model, tokenizer, task, problems, template=R1_ZERO,
+                                    max_new_tokens=args.max_new_tokens)
 
 
 def main(argv=None):

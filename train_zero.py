@@ -49,7 +49,8 @@ from nanor1 import checkpoint, fsdp
 from nanor1.fsdp import world_size
 from nanor1.grpo import (ADV_SCALES, LOSS_AGGS, OVERLONG, GRPOConfig, StepStats, filter_groups, global_counts,
                          group_advantages, grpo_loss, mask_truncated, minibatches, overlong_penalty)
-from nanor1.rollout import behaviour_stats, evaluate, fill_groups, prompt_ids, rollout, rule_rewards
+from nanor1.rollout import (behaviour_stats, evaluate, fill_groups, prompt_ids, rollout, rule_rewards,
+                            weak_base_warning)
 from nanor1.sampler import DECODE_MODES, SamplingParams, group_token_logprobs, pack
 from nanor1.tasks import TASKS, JsonlFormatError, load_jsonl, make_task, problem_where, validate_problems
 from nanor1.templates import TEMPLATES, get_template
@@ -388,8 +389,7 @@ def main(argv=None):
     if tokenizer is None:
         raise SystemExit(f"{base} has no tokenizer.json; R1-Zero needs one to build prompts and read answers")
     if not resuming:   # a base RL cannot use: say so before the run, not after an hour of collapse
-        import pretrain
-        if warning := pretrain.weak_base_warning((checkpoint.read_extra(base) or {}).get("base_report", {})):
+        if warning := weak_base_warning((checkpoint.read_extra(base) or {}).get("base_report", {})):
             print0(warning)
     ref = None
     if args.beta > 0:  # the frozen reference: the base model itself

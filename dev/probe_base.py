@@ -18,7 +18,7 @@ import re
 import torch
 
 from nanor1 import checkpoint
-from nanor1.rollout import forced_mode_accuracy
+from nanor1.rollout import forced_mode_accuracy, rollout, rule_rewards
 from nanor1.sampler import SamplingParams, generate
 from nanor1.tasks import make_task
 from nanor1.templates import get_template
@@ -54,9 +54,10 @@ def main(argv=None) -> dict:
             model, tokenizer, problems, [f"{instructions} Q: {p.question}\n" for p in problems], r"A: (-?\d+)"),
         "template, first step prefilled": forced_mode_accuracy(model, tokenizer, task, problems, template=zero,
                                                                max_new_tokens=80),
-        'template, "<think>" only': greedy_accuracy(
-            model, tokenizer, problems, [zero.prompt(p.question) + " <think>" for p in problems],
-            r"<answer> ?(-?\d+)"),
+        'template, "<think>" only': sum(rollout(   # graded by the R1-Zero accuracy rule, as RL grades it
+            model, tokenizer, problems, template=zero, prefix=[" <think>"] * len(problems),
+            params=SamplingParams(max_new_tokens=80, greedy=True),
+            reward_fn=rule_rewards({"accuracy": 1.0}, zero)).components["accuracy"]) / len(problems),
     }
     for name, acc in rows.items():
         print(f"{name:34s} {acc:6.1%}")

@@ -308,3 +308,17 @@ def forced_mode_accuracy(model, tokenizer, task, problems, *, template, max_new_
                  params=SamplingParams(max_new_tokens=max_new_tokens, greedy=True),
                  reward_fn=rule_rewards({"accuracy": 1.0}, template))
     return sum(ro.components["accuracy"]) / len(problems)
+
+
+WEAK_BASE = 0.5   # forced-mode accuracy below which every R1-Zero run we made from a base collapsed to guessing
+
+
+def weak_base_warning(report: dict) -> str | None:
+    """A warning for a base report whose forced-mode accuracy is below WEAK_BASE (None if fine or not measured)."""
+    acc = report.get("forced_mode_accuracy")
+    if acc is None or acc >= WEAK_BASE:
+        return None
+    return (f"warning: this base's forced-mode accuracy is {acc:.1%} (< {WEAK_BASE:.0%}): its step-by-step mode is "
+            "unreliable, and R1-Zero from such bases collapsed to formatted guessing in every run we made (README, "
+            "'How robust the default is'). `python dev/probe_base.py BASE` (arithmetic) shows whether the skill is "
+            "missing or did not reach the template; another --seed may give a usable base.")
