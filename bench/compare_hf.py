@@ -25,12 +25,10 @@ GRPO: one step of 4 prompts x G 8 x 64 tokens (sampling at temperature 1, no EOS
   The steps interleave: a TRL callback runs one nanor1 step after each TRL step; the first of each is a warm-up.
   The reward is a trivial function of the text (same on both sides); prompts are the arithmetic task's, in the
   R1-Zero template. nanor1 samples with the seed of the step; TRL with its own.
-Timings are noisy on a shared machine: quote the ratios.
+Timings are noisy on a shared machine: quote the ratios. Both sides run under the same OMP_WAIT_POLICY, the one in
+the environment (unset, as the scripts run by default; until 2026-12-02 this benchmark set PASSIVE itself).
 """
 import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train_zero.py: both sides run under the same policy
-
 import argparse
 import statistics
 import sys
@@ -262,7 +260,8 @@ def main():
         if not args.skip_grpo:
             print("trl is not installed: the GRPO comparison is skipped", file=sys.stderr)
             args.skip_grpo = True
-    print(f"{versions}; {torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+    print(f"{versions}; {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '(unset: threads spin, as train_zero.py runs)')}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "qwen2-tiny"
         hf, ours, tok = build(folder)

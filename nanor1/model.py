@@ -773,6 +773,119 @@ class Transformer(nn.Module):
         return {"total_params": total, "active_params": total - routed + routed_active - embed}
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Decode on a CPU: one token per row, in fewer ops
+
+
+def _rotate(x, cos, sin):
+    """apply_rope's fast path on x [B, n, R] with pair tables cos, sin [B, 1, R]: x cos + (pairs of x swapped) sin."""
+    return torch.addcmul(x * cos, x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2), sin)
+
+
+class Decoder:
+    """Transformer.forward for one new token per row over a cache (the sampler's decode step), with attention
+    rewritten for a CPU, where a small decode step is per-op overhead (bench/compare_hf.py counts the ops):
+      - all of a layer's attention projections in one matmul (weights concatenated once, here), q and k rotated in
+        one product and one multiply-add, and no module calls or mask building per layer (one additive mask per step);
+      - MLA attends in latent space over its cache, wkv_b absorbed into the query and the output with two bmm.
+    The feed-forward layers run the model's own modules and expert paths: fusing their matmuls measured slower from
+    ~8 rows up. Built once per generate() call from a float32 model (the weights must not change while it lives; the
+    attention weights are copied, ~1/3 of a dense model). step() gives the logits, cache contents and expert choices
+    of forward(..., last_only=True) in eval mode, to float32 rounding (tests/test_model.py).
+    """
+
+    def __init__(self, model: "Transformer"):
+        self.embed, self.norm, self.head = model.embed.weight.detach(), model.norm, model.head
+        cos, sin = rope_pairs(model.cos[None], model.sin[None])                 # [1, max_seq_len, 1, R] each
+        self.cos, self.sin = cos[0, :, 0], sin[0, :, 0]                         # [max_seq_len, R]: rope_pairs'
+        self.layers = [(b, self._pack(b.attn)) for b in model.layers]
+
+    @staticmethod
+    @torch.no_grad()
+    def _pack(a) -> dict:
+        """The attention weights of one layer, concatenated and transposed to [in, out]."""
+        t = lambda w: w.detach().t().contiguous()  # noqa: E731
+        if isinstance(a, GQA):
+            L = {"proj": t(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]))}  # [D, (H + 2 Hk) Dh]
+            if a.wq.bias is not None:
+                L["proj_bias"] = torch.cat([a.wq.bias, a.wk.bias, a.wv.bias])
+        else:
+            H, nope, R, C = a.n_heads, a.nope, a.R, a.C
+            kv, pe = a.wkv_a.weight.split([C, R])                               # [C, D], [R, D]
+            if hasattr(a, "wq"):  # q_nope of every head, the latent, then the rope inputs: q's heads and k last
+                qn, qp = a.wq.weight.view(H, nope + R, -1).split([nope, R], dim=1)
+                L = {"proj": t(torch.cat([qn.flatten(0, 1), kv, qp.flatten(0, 1), pe]))}  # [D, H nope + C + (H+1) R]
+            else:  # low-rank query: the first matmul makes its latent, a second one the query
+                qn, qp = a.wq_b.weight.view(H, nope + R, -1).split([nope, R], dim=1)
+                L = {"proj": t(torch.cat([a.wq_a.weight, kv, pe])),
+                     "wq_b": t(torch.cat([qn.flatten(0, 1), qp.flatten(0, 1)]))}
+            wkv_b = a.wkv_b.weight.detach().view(H, nope + a.dv, C)
+            L["absorb_k"] = wkv_b[:, :nope].contiguous()                        # [H, nope, C]
+            L["absorb_v"] = wkv_b[:, nope:].transpose(1, 2).contiguous()        # [H, C, dv]
+        L["wo"] = t(a.wo.weight)                                                # [H Dv, D]
+        return L
+
+    @torch.no_grad()
+    def step(self, tok, pos, key_mask, cache: list[dict], start: int):
+        """tok [B] long (one new token per row), pos [B] its RoPE positions, key_mask [B, >= start+1] (real slots),
+        cache from model.new_cache, written at slot start. -> logits [B, V] float32, routing: per MoE layer [B, K]."""
+        S = start + 1
+        bias = torch.zeros(key_mask.size(0), S).masked_fill_(~key_mask[:, :S], float("-inf"))  # [B, S]
+        bias[:, start] = 0.0                                                    # always see yourself
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]               # [B, 1, R]
+        x = self.embed[tok]                                                     # [B, D]
+        routing = []
+        for (block, L), c in zip(self.layers, cache):
+            attend = self._gqa if isinstance(block.attn, GQA) else self._mla
+            x = x + attend(L, block.attn, block.attn_norm(x), c, start, cos, sin, bias)
+            h = block.ffn_norm(x)
+            if isinstance(block.ffn, MoE):  # the routed experts as forward runs them (no autograd: eval mode)
+                moe = block.ffn
+                weights, idx, _ = moe.gate(h)                                   # [B, K] each
+                few = FAST_PATHS and h.size(0) <= DENSE_EXPERTS_MAX_TOKENS
+                y = (moe.experts_dense if few else moe.experts_batched)(h, weights, idx)
+                x = x + (y if moe.shared is None else y + moe.shared(h))
+                routing.append(idx)
+            else:
+                x = x + block.ffn(h)
+        return self.head(self.norm(x)), routing                                 # [B, V]
+
+    @staticmethod
+    def _gqa(L, a: GQA, h, c, start, cos, sin, bias):
+        B, H, Hk, Dh = h.size(0), a.n_heads, a.n_kv, a.hd
+        p = h @ L["proj"] if "proj_bias" not in L else torch.addmm(L["proj_bias"], h, L["proj"])
+        qk = _rotate(p[:, :(H + Hk) * Dh].view(B, H + Hk, Dh), cos, sin)      # RoPE on q and k: [B, H+Hk, Dh]
+        c["k"][:, start] = qk[:, H:]
+        c["v"][:, start] = p[:, (H + Hk) * Dh:].view(B, Hk, Dh)
+        k, v = c["k"][:, :start + 1].transpose(1, 2), c["v"][:, :start + 1].transpose(1, 2)  # [B, Hk, S, Dh]
+        q = qk[:, :H].view(B, Hk, H // Hk, Dh)                                  # query head h = kv * rep + r
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None, None])  # [B, Hk, rep, Dh]
+        return out.reshape(B, H * Dh) @ L["wo"]                                 # [B, D]
+
+    @staticmethod
+    def _mla(L, a: MLA, h, c, start, cos, sin, bias):
+        B, H, nope, R, C = h.size(0), a.n_heads, a.nope, a.R, a.C
+        p = h @ L["proj"]
+        if "wq_b" in L:
+            Lq = a.wq_a.out_features
+            kv, k_pe = p[:, Lq:].split([C, R], dim=1)
+            q_nope, q_pe = (a.q_norm(p[:, :Lq]) @ L["wq_b"]).split([H * nope, H * R], dim=1)
+            pe = torch.cat([q_pe.view(B, H, R), k_pe[:, None]], 1)             # [B, H+1, R]
+        else:
+            q_nope, kv, pe = p.split([H * nope, C, (H + 1) * R], dim=1)
+            pe = pe.view(B, H + 1, R)
+        pe = _rotate(pe, cos, sin)                                              # RoPE: q's heads, then k
+        c["kv"][:, start] = a.kv_norm(kv)
+        c["pe"][:, start] = pe[:, H]
+        kv, k_pe = c["kv"][:, :start + 1], c["pe"][:, :start + 1]               # [B, S, C], [B, S, R]
+        q_lat = torch.bmm(q_nope.view(B, H, nope).transpose(0, 1), L["absorb_k"]).transpose(0, 1)  # [B, H, C]
+        scores = torch.baddbmm(bias[:, None], q_lat, kv.transpose(1, 2), alpha=a.scale)          # [B, H, S]
+        scores = torch.baddbmm(scores, pe[:, :H], k_pe.transpose(1, 2), alpha=a.scale)
+        out = torch.bmm(scores.softmax(-1), kv)                                  # [B, H, C]
+        out = torch.bmm(out.transpose(0, 1), L["absorb_v"]).transpose(0, 1)     # [B, H, dv]
+        return out.reshape(B, -1) @ L["wo"]                                     # [B, D]
+
+
 def right_padded_real(loss_mask):
     """[B, T] bool: the real (non-pad) tokens of right-padded rows, each row through its last loss position."""
     return loss_mask.flip(1).cumsum(1).flip(1) > 0

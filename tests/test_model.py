@@ -310,3 +310,44 @@ def test_fused_qkv_equals_separate_projections():
         model(x).logits.sum().backward()
     assert model.layers[0].attn.wk.weight.grad is not None
     assert all(b.attn.wqkv is None for b in model.layers)
+
+
+@pytest.mark.parametrize("overrides", [dict(), MOE_MLA | dict(max_seq_len=1024, original_seq_len=256, route_scale=2.5),
+                                       DENSE_GQA, dict(DENSE_GQA, n_heads=8)],
+                         ids=["mla-moe", "mla-qlora-groups-yarn", "gqa-bias", "gqa-4-queries-per-kv"])
+@pytest.mark.parametrize("rows", [1, 5, 40])  # 40 > DENSE_EXPERTS_MAX_TOKENS: the sparse expert path
+def test_decoder_step_equals_forward(overrides, rows):
+    """model.Decoder (the sampler's CPU decode step) gives forward's logits, cache writes and expert choices, step
+    after step, on left-padded rows with their own positions; weights and routing biases away from their init."""
+    from nanor1.model import Decoder
+    model = make(**overrides)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        for moe in model.moe_layers():
+            moe.gate.bias.normal_(0, 0.1)
+    P, S = 7, 14
+    key_mask = torch.ones(rows, S, dtype=torch.bool)
+    key_mask[0, :3] = False                                                   # row 0 left-padded by 3
+    key_mask[-1, P + 2] = False               # a query slot marked padding still sees itself (attention_mask)
+    pos = torch.arange(P).expand(rows, P).clone()
+    pos[0] = (torch.arange(P) - 3).clamp(min=0)
+    prompt = torch.randint(1, 512, (rows, P))
+    ref_cache, dec_cache = model.new_cache(rows, S), model.new_cache(rows, S)
+    with torch.no_grad():
+        model(prompt, pos=pos, key_mask=key_mask, cache=ref_cache)
+        model(prompt, pos=pos, key_mask=key_mask, cache=dec_cache)
+        decoder = Decoder(model)
+        p = pos[:, -1]
+        for start in range(P, S):
+            tok, p = torch.randint(1, 512, (rows,)), p + 1
+            ref = model(tok[:, None], pos=p[:, None], key_mask=key_mask, cache=ref_cache, start=start, last_only=True)
+            logits, routing = decoder.step(tok, p, key_mask, dec_cache, start)
+            torch.testing.assert_close(logits, ref.logits[:, -1], atol=2e-5, rtol=1e-5)
+            assert len(routing) == len(ref.routing)
+            for r, want in zip(routing, ref.routing):
+                assert torch.equal(r, want[:, 0])
+    for got, want in zip(dec_cache, ref_cache):
+        assert got.keys() == want.keys()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=2e-5, rtol=1e-5)

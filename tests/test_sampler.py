@@ -415,20 +415,36 @@ def test_group_token_logprobs_equal_token_logprobs_with_gradients(kind):
 
 
 
-def test_fast_decode_paths_give_the_plain_paths_tokens(monkeypatch):
-    """Greedy and seeded sampling with the decode fast paths (fused q/k/v, pair RoPE tables, one-op RMSNorm, the
-    T == 1 mask) give the same tokens as with FAST_PATHS off, on a GQA model with q/k/v biases."""
+@pytest.mark.parametrize("kind", ["gqa_bias", "mla_moe"])
+def test_fast_decode_paths_give_the_plain_paths_tokens(kind, monkeypatch):
+    """Greedy and seeded sampling with the decode fast paths (model.Decoder's steps on a CPU, fused q/k/v for the
+    prefill, pair RoPE tables, one-op RMSNorm, the T == 1 mask) give the same tokens as with FAST_PATHS off (the
+    model's plain forward at every step): a GQA model with q/k/v biases, and the MLA + MoE model with 40 rows (the
+    sparse expert path) and 8 (all experts)."""
     import nanor1.model as nanor1_model
     torch.manual_seed(0)
-    model = Transformer(get_config("tiny", attn="gqa", n_routed_experts=0, n_kv_heads=2, qkv_bias=True)).eval()
-    with torch.no_grad():
-        for b in model.layers:  # biases away from their zero init, so the fused bias is exercised
-            b.attn.wq.bias.normal_(0, 0.1), b.attn.wk.bias.normal_(0, 0.1), b.attn.wv.bias.normal_(0, 0.1)
+    if kind == "gqa_bias":
+        model = Transformer(get_config("tiny", attn="gqa", n_routed_experts=0, n_kv_heads=2, qkv_bias=True)).eval()
+        with torch.no_grad():
+            for b in model.layers:  # biases away from their zero init, so the fused bias is exercised
+                b.attn.wq.bias.normal_(0, 0.1), b.attn.wk.bias.normal_(0, 0.1), b.attn.wv.bias.normal_(0, 0.1)
+    else:
+        model = make_model("mla_moe")
+        with torch.no_grad():
+            for moe in model.moe_layers():
+                moe.gate.bias.normal_(0, 0.1)
+    steps = []
+    step = nanor1_model.Decoder.step
+    monkeypatch.setattr(nanor1_model.Decoder, "step", lambda self, *a: steps.append(1) or step(self, *a))
     runs = []
     for fast in (True, False):
         monkeypatch.setattr(nanor1_model, "FAST_PATHS", fast)
-        g = generate(model, PROMPTS, SamplingParams(max_new_tokens=12, greedy=True))
-        s = generate(model, PROMPTS, SamplingParams(max_new_tokens=12), group_size=2, seed=3)
-        runs.append((g.tokens, s.tokens, s.logprobs))
+        g = generate(model, PROMPTS, SamplingParams(max_new_tokens=12, greedy=True), record_routing=True)
+        s = generate(model, PROMPTS, SamplingParams(max_new_tokens=12), group_size=10, seed=3, record_routing=True)
+        runs.append((g.tokens, s.tokens, s.logprobs, g.routing, s.routing))
+        assert (len(steps) > 0) == fast                                # the decoder runs exactly when fast
+        steps.clear()
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     torch.testing.assert_close(runs[0][2], runs[1][2], atol=1e-5, rtol=1e-5)
+    if kind == "mla_moe":
+        assert all(torch.equal(a, b) for i in (3, 4) for a, b in zip(runs[0][i], runs[1][i]))
