@@ -18,7 +18,8 @@ Weights and tokens are random: speed does not depend on them.
             where the templated transcripts' common prefix (the R1-Zero instructions) runs once per batch.
   RL update: log-probs forward + backward of 8 prompts x G=8 completions (prompts 50-70 tokens, completions 20-60:
              about 60% of the columns are prompt, as in the R1-Zero default).
-  decode: generate() of 8 prompts x G=8 (and of 1 prompt) x --new-tokens tokens, prefill included.
+  decode: generate() of 8 prompts x G=8 (and of 1 prompt) x --new-tokens tokens, prefill included; new with each
+          step on model.forward (sampler.CPU_DECODER = False) and on model.Decoder (the default).
 """
 import argparse
 import os
@@ -33,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nanor1.model as M  # noqa: E402
+import nanor1.sampler as S  # noqa: E402
 from nanor1.sampler import SamplingParams, generate, group_token_logprobs, pack, token_logprobs  # noqa: E402
 from nanor1.training import make_optimizer  # noqa: E402
 
@@ -163,12 +165,15 @@ def bench_decode(name, args) -> dict:
     prompts = [torch.randint(1, model.cfg.vocab_size, (24,), generator=g).tolist() for _ in range(8)]
     out = {}
     for label, ps, G in (("batch 64 (8 x G 8)", prompts, 8), ("batch 1", prompts[:1], 1)):
-        def run(new, ps=ps, G=G):
+        def run(new, decoder=True, ps=ps, G=G):
             def fn():
                 paths(new)
+                S.CPU_DECODER = decoder
                 generate(model, ps, SamplingParams(max_new_tokens=args.new_tokens), group_size=G, seed=0)
             return fn
-        t = alternate({"old": run(False), "new": run(True)}, args.repeats)
+        t = alternate({"old": run(False), "new, model.forward steps": run(True, False), "new": run(True)},
+                      args.repeats)
+        S.CPU_DECODER = True
         out[label] = {k: len(ps) * G * args.new_tokens / v for k, v in t.items()}  # tokens/s
     paths(True)
     return out
@@ -246,8 +251,10 @@ def main():
                      u["old"] / u["new, full forward"]))
         rows.append((name, "RL update s (8 x G 8), + group_token_logprobs", u["old"], u["new"], u["old"] / u["new"]))
         for label, d in bench_decode(name, args).items():
-            rows.append((name, f"decode tok/s, {label}, {args.new_tokens} new", d["old"], d["new"],
-                         d["new"] / d["old"]))
+            rows.append((name, f"decode tok/s, {label}, {args.new_tokens} new, fast paths, model.forward steps",
+                         d["old"], d["new, model.forward steps"], d["new, model.forward steps"] / d["old"]))
+            rows.append((name, f"decode tok/s, {label}, {args.new_tokens} new, + model.Decoder steps", d["old"],
+                         d["new"], d["new"] / d["old"]))
         print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print("\n| model | measure | old | new | new vs old |\n| --- | --- | --- | --- | --- |")
     for name, what, old, new, ratio in rows:

@@ -51,7 +51,7 @@ the weights and the cache. decode_mode picks the step:
 In every mode, GQA layers project q, k and v with one matmul over weights concatenated once per generate() call
 (model.fused_qkv; off with model.FAST_PATHS = False). On a CPU, "eager" decode steps run model.Decoder instead of
 model.forward: the same step in ~20 ops per layer on weights fused and transposed once per call (tested equal to the
-forward; off with model.FAST_PATHS = False or compile=True).
+forward; off with sampler.CPU_DECODER = False, model.FAST_PATHS = False or compile=True).
 compile=True runs the model's step through torch.compile (dynamic shapes for "eager", fixed for the others).
 Generation runs with every SDPA kernel but cuDNN's (attention_kernels: cuDNN plans anew for each key length).
 
@@ -68,6 +68,7 @@ import nanor1.model as model_lib
 from nanor1.model import Decoder, fused_qkv
 
 PAD = 0                # written after a row stops; masked everywhere, so any valid id would do
+CPU_DECODER = True     # eager CPU decode steps on model.Decoder (False: model.forward every step; bench/speed.py)
 PREFILL_TOKENS = 2 ** 16  # prefill at most this many prompt tokens at once (bounds the activations' memory)
 COMPACT_AT = 0.25         # drop finished rows from the decode batch once they are this share of it
 
@@ -283,7 +284,7 @@ def _decoder_forward(decoder: Decoder):
 def _use_decoder(model, decode_mode: str, compile: bool) -> bool:
     """The CPU decode path applies to eager steps of a float32 model whose weights are plain tensors (not FSDP's)."""
     params = list(model.parameters())
-    return (model_lib.FAST_PATHS and decode_mode == "eager" and not compile
+    return (CPU_DECODER and model_lib.FAST_PATHS and decode_mode == "eager" and not compile
             and all(p.device.type == "cpu" and p.dtype == torch.float32 and type(p.data) is torch.Tensor
                     for p in params))
 
