@@ -13,7 +13,8 @@ MLA has two equivalent paths (a test checks they give the same logits):
   absorbed: fold wkv_b into the query and the output, attend in latent space (decode; the cache holds only the
             normalised latent c_kv and the shared RoPE key, (kv_lora_rank + qk_rope_head_dim) numbers per token).
 MoE experts have two equivalent paths: a readable per-expert loop, and a batched path (tokens sorted by expert,
-one grouped matmul).
+one grouped matmul). Decoder, at the end of the file, is the sampler's CPU decode step: forward for one token per
+row, with attention in fewer ops (tested equal).
 
 Deviations from the reference code: RoPE is applied with real cos/sin tables (same interleaved pair layout as
 DeepSeek's complex multiply); routing scores are computed in float32; the sequence-wise balance loss counts every
