@@ -364,6 +364,11 @@ class GQA(nn.Module):
         self.wo = nn.Linear(self.n_heads * self.hd, cfg.dim, bias=False)
         self.wqkv = None  # (weight, bias) of wq, wk, wv concatenated, while inside fused_qkv(); not a parameter
 
+    def qkv_weights(self) -> tuple:
+        """(weight [(H + 2 Hk) Dh, D], bias or None): wq, wk and wv concatenated, for one projection matmul."""
+        bias = None if self.wq.bias is None else torch.cat([self.wq.bias, self.wk.bias, self.wv.bias])
+        return torch.cat([self.wq.weight, self.wk.weight, self.wv.weight]), bias
+
     def new_cache(self, B: int, S: int, dtype, device) -> dict:
         return {"k": torch.zeros(B, S, self.n_kv, self.hd, dtype=dtype, device=device),
                 "v": torch.zeros(B, S, self.n_kv, self.hd, dtype=dtype, device=device)}
@@ -404,10 +409,8 @@ def fused_qkv(model):
     try:
         with torch.no_grad():
             for a in attns:
-                ws = [a.wq.weight, a.wk.weight, a.wv.weight]
-                bs = [a.wq.bias, a.wk.bias, a.wv.bias]
-                if all(type(w.data) is torch.Tensor for w in ws):
-                    a.wqkv = (torch.cat(ws), None if bs[0] is None else torch.cat(bs))   # [(H + 2 Hk) Dh, D]
+                if all(type(w.data) is torch.Tensor for w in (a.wq.weight, a.wk.weight, a.wv.weight)):
+                    a.wqkv = a.qkv_weights()                                     # [(H + 2 Hk) Dh, D]
         yield model
     finally:
         for a in attns:
@@ -778,16 +781,12 @@ class Transformer(nn.Module):
 # Decode on a CPU: one token per row, in fewer ops
 
 
-def _rotate(x, cos, sin):
-    """apply_rope's fast path on x [B, n, R] with pair tables cos, sin [B, 1, R]: x cos + (pairs of x swapped) sin."""
-    return torch.addcmul(x * cos, x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2), sin)
-
-
 class Decoder:
     """Transformer.forward for one new token per row over a cache (the sampler's decode step), with attention
     rewritten for a CPU, where a small decode step is per-op overhead (bench/compare_hf.py counts the ops):
-      - all of a layer's attention projections in one matmul (weights concatenated once, here), q and k rotated in
-        one product and one multiply-add, and no module calls or mask building per layer (one additive mask per step);
+      - all of a layer's attention projections in one matmul (weights concatenated once: GQA reuses fused_qkv's),
+        q and k rotated in one apply_rope call, no module calls inside attention, and the RoPE tables and mask built
+        once per step (Transformer.attention_inputs), not once per layer;
       - MLA attends in latent space over its cache, wkv_b absorbed into the query and the output with two bmm.
     The feed-forward layers run the model's own modules and expert paths: fusing their matmuls measured slower from
     ~8 rows up. Built once per generate() call from a float32 model (the weights must not change while it lives; the
@@ -796,9 +795,7 @@ class Decoder:
     """
 
     def __init__(self, model: "Transformer"):
-        self.embed, self.norm, self.head = model.embed.weight.detach(), model.norm, model.head
-        cos, sin = rope_pairs(model.cos[None], model.sin[None])                 # [1, max_seq_len, 1, R] each
-        self.cos, self.sin = cos[0, :, 0], sin[0, :, 0]                         # [max_seq_len, R]: rope_pairs'
+        self.model = model
         self.layers = [(b, self._pack(b.attn)) for b in model.layers]
 
     @staticmethod
@@ -806,10 +803,8 @@ class Decoder:
     def _pack(a) -> dict:
         """The attention weights of one layer, concatenated and transposed to [in, out]."""
         t = lambda w: w.detach().t().contiguous()  # noqa: E731
-        if isinstance(a, GQA):
-            L = {"proj": t(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]))}  # [D, (H + 2 Hk) Dh]
-            if a.wq.bias is not None:
-                L["proj_bias"] = torch.cat([a.wq.bias, a.wk.bias, a.wv.bias])
+        if isinstance(a, GQA):  # inside fused_qkv (as in generate) its copy, else one made here
+            L = {"qkv": a.wqkv if a.wqkv is not None else a.qkv_weights()}     # weight [(H + 2 Hk) Dh, D], bias
         else:
             H, nope, R, C = a.n_heads, a.nope, a.R, a.C
             kv, pe = a.wkv_a.weight.split([C, R])                               # [C, D], [R, D]
@@ -830,41 +825,37 @@ class Decoder:
     def step(self, tok, pos, key_mask, cache: list[dict], start: int):
         """tok [B] long (one new token per row), pos [B] its RoPE positions, key_mask [B, >= start+1] (real slots),
         cache from model.new_cache, written at slot start. -> logits [B, V] float32, routing: per MoE layer [B, K]."""
-        S = start + 1
-        bias = torch.zeros(key_mask.size(0), S).masked_fill_(~key_mask[:, :S], float("-inf"))  # [B, S]
-        bias[:, start] = 0.0                                                    # always see yourself
-        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]               # [B, 1, R]
-        x = self.embed[tok]                                                     # [B, D]
+        model = self.model
+        cos, sin, mask = model.attention_inputs(pos[:, None], key_mask, start=start)  # [B, 1, 1, R], [B, 1, 1, S]
+        if not isinstance(self.layers[0][0].attn, GQA):  # MLA adds the mask to its scores: 0 or -inf, [B, 1, S]
+            mask = torch.zeros(mask.shape, dtype=model.embed.weight.dtype).masked_fill_(~mask, float("-inf"))[:, 0]
+        x = model.embed(tok)                                                    # [B, D]
         routing = []
         for (block, L), c in zip(self.layers, cache):
             attend = self._gqa if isinstance(block.attn, GQA) else self._mla
-            x = x + attend(L, block.attn, block.attn_norm(x), c, start, cos, sin, bias)
-            h = block.ffn_norm(x)
-            if isinstance(block.ffn, MoE):  # the routed experts as forward runs them (no autograd: eval mode)
-                moe = block.ffn
-                weights, idx, _ = moe.gate(h)                                   # [B, K] each
-                few = FAST_PATHS and h.size(0) <= DENSE_EXPERTS_MAX_TOKENS
-                y = (moe.experts_dense if few else moe.experts_batched)(h, weights, idx)
-                x = x + (y if moe.shared is None else y + moe.shared(h))
-                routing.append(idx)
+            x = x + attend(L, block.attn, block.attn_norm(x), c, start, cos, sin, mask)
+            if isinstance(block.ffn, MoE):  # the experts as forward runs them (eval mode: no load counts)
+                y, idx = block.ffn(block.ffn_norm(x)[:, None])                  # [B, 1, D], [B, 1, K]
+                x = x + y[:, 0]
+                routing.append(idx[:, 0])
             else:
-                x = x + block.ffn(h)
-        return self.head(self.norm(x)), routing                                 # [B, V]
+                x = x + block.ffn(block.ffn_norm(x))
+        return model.head(model.norm(x)), routing                               # [B, V]
 
     @staticmethod
-    def _gqa(L, a: GQA, h, c, start, cos, sin, bias):
+    def _gqa(L, a: GQA, h, c, start, cos, sin, mask):
         B, H, Hk, Dh = h.size(0), a.n_heads, a.n_kv, a.hd
-        p = h @ L["proj"] if "proj_bias" not in L else torch.addmm(L["proj_bias"], h, L["proj"])
-        qk = _rotate(p[:, :(H + Hk) * Dh].view(B, H + Hk, Dh), cos, sin)      # RoPE on q and k: [B, H+Hk, Dh]
+        p = F.linear(h, *L["qkv"])                                              # [B, (H + 2 Hk) Dh]
+        qk = apply_rope(p[:, None, :(H + Hk) * Dh].view(B, 1, H + Hk, Dh), cos, sin)[:, 0]  # q and k: [B, H+Hk, Dh]
         c["k"][:, start] = qk[:, H:]
         c["v"][:, start] = p[:, (H + Hk) * Dh:].view(B, Hk, Dh)
         k, v = c["k"][:, :start + 1].transpose(1, 2), c["v"][:, :start + 1].transpose(1, 2)  # [B, Hk, S, Dh]
         q = qk[:, :H].view(B, Hk, H // Hk, Dh)                                  # query head h = kv * rep + r
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None, None])  # [B, Hk, rep, Dh]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)          # [B, Hk, rep, Dh]
         return out.reshape(B, H * Dh) @ L["wo"]                                 # [B, D]
 
     @staticmethod
-    def _mla(L, a: MLA, h, c, start, cos, sin, bias):
+    def _mla(L, a: MLA, h, c, start, cos, sin, mask):
         B, H, nope, R, C = h.size(0), a.n_heads, a.nope, a.R, a.C
         p = h @ L["proj"]
         if "wq_b" in L:
@@ -875,12 +866,12 @@ class Decoder:
         else:
             q_nope, kv, pe = p.split([H * nope, C, (H + 1) * R], dim=1)
             pe = pe.view(B, H + 1, R)
-        pe = _rotate(pe, cos, sin)                                              # RoPE: q's heads, then k
+        pe = apply_rope(pe[:, None], cos, sin)[:, 0]                            # RoPE: q's heads, then k
         c["kv"][:, start] = a.kv_norm(kv)
         c["pe"][:, start] = pe[:, H]
         kv, k_pe = c["kv"][:, :start + 1], c["pe"][:, :start + 1]               # [B, S, C], [B, S, R]
         q_lat = torch.bmm(q_nope.view(B, H, nope).transpose(0, 1), L["absorb_k"]).transpose(0, 1)  # [B, H, C]
-        scores = torch.baddbmm(bias[:, None], q_lat, kv.transpose(1, 2), alpha=a.scale)          # [B, H, S]
+        scores = torch.baddbmm(mask, q_lat, kv.transpose(1, 2), alpha=a.scale)          # [B, H, S]; mask additive
         scores = torch.baddbmm(scores, pe[:, :H], k_pe.transpose(1, 2), alpha=a.scale)
         out = torch.bmm(scores.softmax(-1), kv)                                  # [B, H, C]
         out = torch.bmm(out.transpose(0, 1), L["absorb_v"]).transpose(0, 1)     # [B, H, dv]

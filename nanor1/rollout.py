@@ -310,7 +310,7 @@ def forced_mode_accuracy(model, tokenizer, task, problems, *, template, max_new_
     return sum(ro.components["accuracy"]) / len(problems)
 
 
-WEAK_BASE = 0.5   # forced-mode accuracy below which every R1-Zero run we made from a base collapsed to guessing
+WEAK_BASE = 0.5   # forced-mode accuracy below which every R1-Zero run we made from a base collapsed
 
 
 def weak_base_warning(report: dict) -> str | None:
@@ -319,6 +319,6 @@ def weak_base_warning(report: dict) -> str | None:
     if acc is None or acc >= WEAK_BASE:
         return None
     return (f"warning: this base's forced-mode accuracy is {acc:.1%} (< {WEAK_BASE:.0%}): its step-by-step mode is "
-            "unreliable, and R1-Zero from such bases collapsed to formatted guessing in every run we made (README, "
-            "'How robust the default is'). `python dev/probe_base.py BASE` (arithmetic) shows whether the skill is "
-            "missing or did not reach the template; another --seed may give a usable base.")
+            "unreliable, and R1-Zero from such bases collapsed (to guesses, or to steps with wrong numbers) in every "
+            "run we made (README, 'How robust the default is'). `python dev/probe_base.py BASE` (arithmetic) shows "
+            "whether the skill is missing or did not reach the template; another --seed may give a usable base.")
