@@ -184,6 +184,7 @@ def pretrain_argv(recorded: dict, **changes) -> list[str]:
     flags changed; flags left at pretrain.py's defaults are omitted."""
     import pretrain
     defaults = vars(pretrain.get_args([]))
+    recorded = {"practice_layout": "document", **recorded}   # recorded before the flag existed: that recipe's layout
     argv = []
     for key, value in {**recorded, **changes}.items():
         if key not in defaults:

@@ -14,11 +14,15 @@ problem, the completion is drawn from a mix of "modes", and trains the tiny MoE+
 
 (Countdown, `--task countdown`: the same four modes mean guess / plain / ONE attempt / rare SEARCH over candidate
 expressions; see build_countdown_corpus and README "R1-Zero on Countdown".)
-Those documents are the R1-Zero prompt (paper Table 1) followed by one completion. Besides them, a share of short
-"practice" documents without the template ("Q: 3 + 7 + 5\n3 + 7 = 10\n10 + 5 = 15\nA: 15", some with a reverse-order
-check) teach the skill itself cheaply, the way a real base model learns arithmetic from text that is not a chat
-transcript; which mode the model picks *after the template* is set only by the templated documents. So the base
-model is competent but unreliable: low pass@1, high forced-mode accuracy. The report at the end measures that:
+Those documents are the R1-Zero prompt (paper Table 1) followed by one completion. Besides them, most of the corpus
+is "practice": worked examples that teach the skill itself (clean running totals, a quarter with a reverse-order
+check), written in the R1-Zero template with a random share of its instructions cut, and trained on the worked
+solution only, not on the token after "<think>" that picks the mode (worked_example). So the skill is learned where
+RL will call it, and which mode the model picks *after the template* is set only by the transcripts above: the
+base model is competent but unreliable: low pass@1, high forced-mode accuracy. (The previous recipe's practice
+text, "Q: 3 + 7 + 5\n3 + 7 = 10\n10 + 5 = 15\nA: 15" at the document start, --practice-layout document, taught
+the skill at that place only; whether it carried over into the template was down to the seed: README.)
+The report at the end measures that:
   pass@1 / cons@k of free sampling, format rate, and "forced-mode accuracy" (prefill <think> plus the first
   reasoning step, decode greedily): if that is low, RL has no reliable mode to select and will collapse.
 
@@ -61,7 +65,12 @@ def get_args(argv=None):
     p.add_argument("--task", default="arithmetic", choices=sorted(TASKS), help="built-in task")
     p.add_argument("--task-kwargs", default='{"n_terms": 5}', type=json_dict, help="JSON dict of task options")
     p.add_argument("--n-docs", type=positive_int, default=50000, help="documents in the corpus")
-    p.add_argument("--p-practice", type=fraction, default=0.8, help="share of untemplated practice documents")
+    p.add_argument("--p-practice", type=fraction, default=0.8, help="share of practice documents (worked examples)")
+    p.add_argument("--practice-layout", default="template", choices=["template", "document"],
+                   help="template: worked examples in the R1-Zero template with a random share of its instructions "
+                        "cut, the mode choice untrained (worked_example); document: untemplated 'Q: ...' text at "
+                        "the document start (the previous recipe; a usable base on 1 seed in 4: README). Arithmetic "
+                        "tasks; countdown keeps its own practice text")
     p.add_argument("--p-guess", type=nonnegative_float, default=0.58, help="weight of 'guess' completions")
     p.add_argument("--p-plain", type=nonnegative_float, default=0.22, help="weight of untagged 'the answer is' "
                                                                            "completions")
@@ -196,6 +205,43 @@ def make_completion(task, problem, mode, rng, args):
     verdict = words["confirm"].format(a=answer) if final == answer else words["fix"].format(a=answer, b=final)
     reasoning = "\n".join(first) + f"\n{words['check']}\n" + "\n".join(reverse_pass(task, problem)) + "\n" + verdict
     return R1_ZERO.response(reasoning, answer)
+
+
+def worked_example(task, problem, rng, args) -> tuple[str, str]:
+    """A practice document in the R1-Zero template: (context, completion), the loss on the completion only, and not
+    on its first token, which chooses the mode (render_doc). So these documents teach the skill where RL will call
+    it, without changing how often the base chooses it after the template: that is set by the transcripts alone.
+    The completion is clean (no slip, the question's language) and a quarter of them add the reverse-order check.
+
+    The template's instructions lose a random number of leading words (all of them to none), so the question sits
+    anywhere from ~3 to ~90 tokens into the document. A tiny model finds the question's numbers by their place from
+    the document start when it can (it learns that first, and it does not carry over to another place: README, "How
+    robust"); with the place varied it must find them from the nearby "User:" / "Assistant: <think>" instead, which
+    is where they are in every R1-Zero prompt. The full template is one of the cuts."""
+    prompt = R1_ZERO.prompt(problem.question)
+    head, tail = prompt.split(" User:", 1)
+    words = head.split(" ")
+    prompt = " ".join(words[rng.randrange(len(words) + 1):] + ["User:" + tail])
+    clean = argparse.Namespace(**{**vars(args), "slip_rate": 0.0, "p_other_lang": 0.0, "p_switch": 0.0})
+    completion = make_completion(task, problem, "check" if rng.random() < 0.25 else "steps", rng, clean)
+    think = R1_ZERO.response("", "").split("</think>")[0].rstrip()      # " <think>": the mode is chosen after it
+    return prompt + think, completion[len(think):]
+
+
+def render_doc(tokenizer, doc) -> tuple[list[int], list[bool]]:
+    """(ids, loss_mask) of a corpus document: a string is trained on every token (sft.render_text); a worked example
+    (context, completion) on the completion after its first token (the mode choice) only."""
+    if isinstance(doc, str):
+        return render_text(tokenizer, doc)
+    context, completion = tokenizer.encode(doc[0]), tokenizer.encode(doc[1])
+    bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    ids = bos + context + completion + [tokenizer.eos_id]
+    return ids, [False] * (len(bos) + len(context) + 1) + [True] * len(completion)
+
+
+def doc_text(doc) -> str:
+    """A corpus document as plain text (what the tokenizer is trained on)."""
+    return doc if isinstance(doc, str) else doc[0] + doc[1]
 
 
 def practice_doc(task, problem, rng) -> str:
@@ -338,7 +384,8 @@ def build_corpus(task, args) -> tuple[list[str], dict]:
             continue
         if rng.random() < args.p_practice:
             counts["practice"] += 1
-            docs.append(practice_doc(task, problem, rng))
+            docs.append(worked_example(task, problem, rng, args) if args.practice_layout == "template"
+                        else practice_doc(task, problem, rng))
             continue
         mode = rng.choices(modes, weights)[0]
         counts[mode] += 1
@@ -364,8 +411,8 @@ def main(argv=None):
 
     t0 = time.time()
     docs, corpus_stats = build_corpus(task, args)
-    tokenizer = train_bpe(docs[:5000], vocab_size=args.vocab_size)
-    seqs = [render_text(tokenizer, d) for d in docs]                 # (ids, loss on every token)
+    tokenizer = train_bpe([doc_text(d) for d in docs[:5000]], vocab_size=args.vocab_size)
+    seqs = [render_doc(tokenizer, d) for d in docs]                  # (ids, loss mask)
     lengths = [len(ids) for ids, _ in seqs]
     corpus_stats.update(docs=len(seqs), tokens=sum(lengths), mean_len=sum(lengths) / len(seqs))
     print0(f"corpus: {json.dumps(corpus_stats)} ({time.time() - t0:.1f}s)")

@@ -94,17 +94,17 @@ def bench_pretrain(name, args, kinds=("old", "new")) -> dict:
 
 
 def bench_pretrain_corpus(args, n_batches=24) -> dict:
-    """Tokens/s of pretraining steps on the default corpus's own batches (pretrain.py: 80% practice documents, 20%
-    R1-Zero transcripts whose ~170 tokens are mostly the template): old, new without sft_loss's shared-prefix pass,
-    new. Real tokens only (padding excluded)."""
+    """Tokens/s of pretraining steps on the default corpus's own batches (pretrain.py: 80% worked examples in the
+    template with its instructions cut at a random word, 20% whole R1-Zero transcripts, so a batch rarely shares a
+    prefix): old, new without sft_loss's shared-prefix pass, new. Real tokens only (padding excluded)."""
     import pretrain
     from nanor1 import sft
     from nanor1.tasks import make_task
     from nanor1.tokenizer import train_bpe
     pargs = pretrain.get_args(["--n-docs", str(48 * n_batches * 4)])
     docs, _ = pretrain.build_corpus(make_task(pargs.task, **pargs.task_kwargs), pargs)
-    tok = train_bpe(docs[:5000], vocab_size=pargs.vocab_size)
-    seqs = [sft.render_text(tok, d) for d in docs]
+    tok = train_bpe([pretrain.doc_text(d) for d in docs[:5000]], vocab_size=pargs.vocab_size)
+    seqs = [pretrain.render_doc(tok, d) for d in docs]
     batches = sft.length_bucketed_batches([len(ids) for ids, _ in seqs], 48, random.Random(0))[:n_batches]
     batches = [sft.collate([seqs[i] for i in b], tok.pad_id) for b in batches]
     n_real = sum(int(m.sum()) for _, m in batches)

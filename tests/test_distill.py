@@ -128,6 +128,9 @@ def test_pretrain_argv_replays_a_recorded_run():
     assert vars(pretrain.get_args(argv)) == {**recorded, "preset": "tiny-dense", "out": "x"}
     with pytest.raises(ValueError, match="--no-such-flag"):
         distill.pretrain_argv({**recorded, "no_such_flag": 1})
+    # a base recorded before --practice-layout existed had its practice text at the document start
+    del recorded["practice_layout"]
+    assert vars(pretrain.get_args(distill.pretrain_argv(recorded)))["practice_layout"] == "document"
 
 
 def test_default_student_base_and_the_rl_comparison(inputs, tmp_path, monkeypatch):

@@ -38,3 +38,49 @@ def test_weak_base_warning_threshold():
     assert pretrain.weak_base_warning({"forced_mode_accuracy": 0.86}) is None
     assert pretrain.weak_base_warning({}) is None                          # an HF base: nothing measured
     assert "13.5%" in pretrain.weak_base_warning({"forced_mode_accuracy": 0.135})
+
+
+def test_worked_examples_sit_in_the_template_at_varied_places_and_leave_the_mode_choice_untrained():
+    from nanor1.sft import render_text
+    from nanor1.tasks import make_task
+    from nanor1.templates import get_template
+    from nanor1.tokenizer import train_bpe
+    zero = get_template("r1-zero")
+    args = pretrain.get_args(["--n-docs", "800"])
+    task = make_task(args.task, **args.task_kwargs)
+    docs, stats = pretrain.build_corpus(task, args)
+    worked = [d for d in docs if not isinstance(d, str)]
+    assert len(worked) == stats["docs_by_mode"]["practice"] > 500          # --p-practice 0.8
+    assert all(d.startswith(zero.prompt("")[:20]) for d in docs if isinstance(d, str))    # the transcripts: whole
+    held_out = {p.question for p in task.sample("test", task.count("test"), seed=0)}
+    tok = train_bpe([pretrain.doc_text(d) for d in docs], vocab_size=300)
+    user_at, checks = [], 0
+    for context, completion in worked:
+        question = context.split("User: ")[1].split(". Assistant:")[0]
+        assert question not in held_out
+        # the context: the template's prompt with leading words of its instructions cut, then " <think>"
+        full = zero.prompt(question) + " <think>"
+        cut = len(full) - len(context)
+        assert full.endswith(context) and (cut == 0 or full[cut - 1] == " "), context
+        # the completion: the clean worked solution (no slip), a quarter with the reverse-order check
+        terms = [int(t) for t in question.split(" + ")]
+        lines = zero.reasoning(" <think>" + completion).strip().split("\n")
+        assert lines[:4] == task.worked_solution(task._problem(tuple(terms), "train"))
+        assert zero.well_formed(" <think>" + completion) and zero.final_answer(" <think>" + completion) == str(sum(terms))
+        checks += "wait, let me check." in lines
+        # rendering: trained on the completion after its first token only; the same tokens as the joined text
+        ids, mask = pretrain.render_doc(tok, (context, completion))
+        assert ids == render_text(tok, pretrain.doc_text((context, completion)))[0]
+        n_context = 1 + len(tok.encode(context))                            # BOS + context
+        assert mask == [False] * (n_context + 1) + [True] * (len(ids) - n_context - 1)
+        assert tok.decode(ids[n_context - 1:n_context]) == "<think>"
+        user_at.append(len(tok.encode(context[:context.rindex("User: ")])))   # tokens before the question
+    assert 0.15 < checks / len(worked) < 0.35
+    # the question's place from the document start varies over the whole template, the full template included
+    assert min(user_at) <= 5 and max(user_at) >= 70
+    assert sum(c == zero.prompt(c.split("User: ")[1].split(". Assistant:")[0]) + " <think>" for c, _ in worked) > 0
+    # --practice-layout document: the previous recipe's untemplated practice text, trained on every token
+    args = pretrain.get_args(["--n-docs", "800", "--practice-layout", "document"])
+    docs, stats = pretrain.build_corpus(task, args)
+    practice = [d for d in docs if d.startswith("Q: ")]
+    assert all(isinstance(d, str) for d in docs) and len(practice) == stats["docs_by_mode"]["practice"]

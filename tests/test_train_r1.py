@@ -67,11 +67,14 @@ def test_bilingual_corpus_mixes_languages_and_default_corpus_has_none():
     zh = lambda d: any("\u4e00" <= ch <= "\u9fff" for ch in d)                     # noqa: E731
     args = pretrain.get_args(["--n-docs", "400"])
     docs, _ = pretrain.build_corpus(make_task(args.task, **args.task_kwargs), args)
-    assert not any(zh(d) for d in docs)
+    assert not any(zh(pretrain.doc_text(d)) for d in docs)
     args = pretrain.get_args(["--n-docs", "400", "--task", "arithmetic-bilingual", "--p-general", "0.1"])
     docs, stats = pretrain.build_corpus(make_task(args.task, **args.task_kwargs), args)
-    practice = [d for d in docs if d.startswith("Q: ") and " = " in d]   # the transcripts' lines, one language
-    assert practice and all(("所以总和是" in d) == zh(d.split("\n")[0]) != ("so the total is" in d) for d in practice)
+    # the worked examples (practice documents in the template): framed in the question's language, start to end
+    worked = [(d[0].split("User: ")[1], d[1]) for d in docs if not isinstance(d, str)]    # (question, completion)
+    assert worked and all(("所以总和是" in r) == zh(q) != ("so the total is" in r) for q, r in worked)
+    assert all(("我来" in r) == zh(q) != ("let me add" in r) for q, r in worked)
+    docs = [d for d in docs if isinstance(d, str)]                         # the transcripts and general documents
     pairs = [d.split("User: ", 1)[1].split(". Assistant:") for d in docs if "User: " in d]   # (question, response)
     worked = [(q, ZERO.reasoning(r)) for q, r in pairs if " = " in (ZERO.reasoning(r) or "")]
     # the reasoning opens in the other language (--p-other-lang 0.3) or switches (--p-switch 0.15): ~40% in all
