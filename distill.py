@@ -46,6 +46,9 @@ Deviations from the paper (besides scale):
   share of the mix is train_r1.py's --general-share (paper: ~200k of the 800k). --teacher keeps reasoning only.
 - The paper's students start from Qwen2.5 / Llama bases pretrained on the web; ours from a base pretrained on the
   teacher base's corpus (the same documents, a dense architecture a few times smaller).
+  That corpus hands every base the running-sum skill, so whether RL on the student loses to distillation depends
+  on how well the student's base learned it: from a weak one (forced-mode 16%) RL collapsed and distillation won,
+  from a good one (98.5%) RL won (README, "Distillation").
 - SFT runs --steps optimizer steps (default: train_r1.py's stage-3 SFT, so the student sees what R1's stage 3
   sees); the paper trains 2 epochs. The RL run is train_zero.py's defaults (R1-Zero template, token-mean loss,
   beta 0) at the steps you give it; compute is compared in FLOPs and wall time, and the teacher's cost of making

@@ -224,7 +224,8 @@ def worked_example(task, problem, rng, args) -> tuple[str, str]:
     prompt = " ".join(words[rng.randrange(len(words) + 1):] + ["User:" + tail])
     clean = argparse.Namespace(**{**vars(args), "slip_rate": 0.0, "p_other_lang": 0.0, "p_switch": 0.0})
     completion = make_completion(task, problem, "check" if rng.random() < 0.25 else "steps", rng, clean)
-    think = R1_ZERO.response("", "").split("</think>")[0].rstrip()      # " <think>": the mode is chosen after it
+    think = " <think>"                                                 # the mode is chosen right after it
+    assert completion.startswith(think), completion
     return prompt + think, completion[len(think):]
 
 
@@ -366,7 +367,7 @@ def general_documents(seed: int) -> list[str]:
     return general.table.documents() + [f"Q: {p.question}\nA: {p.answer}" for p in general.mix("train", 4000, seed)]
 
 
-def build_corpus(task, args) -> tuple[list[str], dict]:
+def build_corpus(task, args) -> tuple[list[str | tuple[str, str]], dict]:
     if task.kind == "countdown":
         return build_countdown_corpus(task, args)
     rng = random.Random(args.seed)
