@@ -70,7 +70,7 @@ pretrain_once() {
     if [[ -f "$out/config.json" ]]; then echo "$out exists: kept"; else "$PY" pretrain.py --out "$out" "$@"; fi
 }
 
-# 1. The base model. Mostly untemplated worked sums (the skill) plus R1-Zero-templated transcripts whose
+# 1. The base model. Mostly worked sums in the R1-Zero template (the skill) plus whole R1-Zero transcripts whose
 #    completions are mostly guesses (the habit RL must change); 30% of reasoning opens in the other language and
 #    15% switches mid-way; 10% general documents (a knowledge table with private fields, and the general tasks'
 #    training split as Q/A text) for R1's general tasks. The same flags train_r1.py uses for its base.
