@@ -95,8 +95,9 @@ def bench_pretrain(name, args, kinds=("old", "new")) -> dict:
 
 def bench_pretrain_corpus(args, n_batches=24) -> dict:
     """Tokens/s of pretraining steps on the default corpus's own batches (pretrain.py: 80% worked examples in the
-    template with its instructions cut at a random word, 20% whole R1-Zero transcripts, so a batch rarely shares a
-    prefix): old, new without sft_loss's shared-prefix pass, new. Real tokens only (padding excluded)."""
+    template with its instructions cut at a random word, 20% whole R1-Zero transcripts; no batch of one epoch shares
+    more than BOS, so the shared-prefix pass saves nothing here): old, new without sft_loss's shared-prefix pass,
+    new. Real tokens only (padding excluded)."""
     import pretrain
     from nanor1 import sft
     from nanor1.tasks import make_task
