@@ -69,8 +69,7 @@ def get_args(argv=None):
     p.add_argument("--practice-layout", default="template", choices=["template", "document"],
                    help="template: worked examples in the R1-Zero template with a random share of its instructions "
                         "cut, the mode choice untrained (worked_example); document: untemplated 'Q: ...' text at "
-                        "the document start (the previous recipe; a usable base on 1 seed in 4: README). Arithmetic "
-                        "tasks; countdown keeps its own practice text")
+                        "the document start (the previous recipe; a usable base on 1 seed in 4: README)")
     p.add_argument("--p-guess", type=nonnegative_float, default=0.58, help="weight of 'guess' completions")
     p.add_argument("--p-plain", type=nonnegative_float, default=0.22, help="weight of untagged 'the answer is' "
                                                                            "completions")
@@ -218,12 +217,18 @@ def worked_example(task, problem, rng, args) -> tuple[str, str]:
     the document start when it can (it learns that first, and it does not carry over to another place: README, "How
     robust"); with the place varied it must find them from the nearby "User:" / "Assistant: <think>" instead, which
     is where they are in every R1-Zero prompt. The full template is one of the cuts."""
+    clean = argparse.Namespace(**{**vars(args), "slip_rate": 0.0, "p_other_lang": 0.0, "p_switch": 0.0})
+    completion = make_completion(task, problem, "check" if rng.random() < 0.25 else "steps", rng, clean)
+    return in_cut_template(problem, completion, rng)
+
+
+def in_cut_template(problem, completion: str, rng) -> tuple[str, str]:
+    """(context, completion) of a worked example: the R1-Zero prompt with a random number of the instructions'
+    leading words cut (all to none) + " <think>", and the completion after " <think>" (see worked_example)."""
     prompt = R1_ZERO.prompt(problem.question)
     head, tail = prompt.split(" User:", 1)
     words = head.split(" ")
     prompt = " ".join(words[rng.randrange(len(words) + 1):] + ["User:" + tail])
-    clean = argparse.Namespace(**{**vars(args), "slip_rate": 0.0, "p_other_lang": 0.0, "p_switch": 0.0})
-    completion = make_completion(task, problem, "check" if rng.random() < 0.25 else "steps", rng, clean)
     think = " <think>"                                                 # the mode is chosen right after it
     assert completion.startswith(think), completion
     return prompt + think, completion[len(think):]
@@ -270,8 +275,9 @@ def practice_doc(task, problem, rng) -> str:
 #           --max-attempts candidates
 # A candidate is a game-rule expression over the problem's numbers: the solution (hit) or one of the 8 values
 # nearest the target (near miss), so one attempt is unreliable and retrying after a noticed miss pays. The
-# untemplated practice documents compute candidates and compare them with the target, and sometimes chain a second
-# attempt without the retry phrase, ending in a hit: the skills, without deciding which mode the template calls up.
+# practice documents compute candidates and compare them with the target, and sometimes chain a second attempt
+# without the retry phrase, ending in a hit: the skills, without deciding which mode the template calls up. Like
+# the sums' they are worked examples in the cut template, trained after the mode token (countdown_practice_doc).
 # Only training problems (CountdownTask splits by the number multiset) are ever written.
 
 RETRY = "wait, let me try again"
@@ -324,14 +330,17 @@ def countdown_completion(task, problem, mode, rng, args) -> str:
     return R1_ZERO.response(text, task.equation(tree))
 
 
-def countdown_practice_doc(task, problem, rng, args) -> str:
-    """Untemplated: compute candidates and compare each with the target until a hit (a second try after a miss
-    half the time, up to three attempts); ends with the equation."""
+def countdown_practice_doc(task, problem, rng, args) -> str | tuple[str, str]:
+    """Compute candidates and compare each with the target until a hit (a second try after a miss half the time,
+    up to three attempts), ending in the equation: a worked example in the cut template (in_cut_template; the loss
+    on the solution after the mode token), or with --practice-layout document untemplated "Q: ..." text."""
     lines, tree = countdown_attempts(task, problem, rng, args, first_hit=0.5, more=0.5, limit=3)
     if tree[0] != problem.data["target"]:  # gave up: show the solution after all, so every practice doc ends right
         hit = countdown_candidate(task, problem, rng, True, args)
         lines += [task.attempt(hit), f"{task.equation(hit)} = {problem.data['target']}"]
         tree = hit
+    if args.practice_layout == "template":
+        return in_cut_template(problem, R1_ZERO.response("\n".join(lines), task.equation(tree)), rng)
     return f"Q: {problem.question}\n" + "\n".join(lines) + f"\nA: {task.equation(tree)}"
 
 

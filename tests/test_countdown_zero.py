@@ -1,7 +1,9 @@
 """R1-Zero on Countdown (train_zero.py --preset countdown): the reward on hand-made expressions, a base corpus that
 never shows a held-out problem, the search metrics on hand-written responses, and the preset end to end."""
+import argparse
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,7 +59,7 @@ def test_split_by_number_set_and_equal_shares_of_sizes():
 def corpus_problems(docs):
     """(sorted numbers, target) of every problem a document states ("Use 3, 5, 7 to make 22")."""
     return {(tuple(sorted(int(x) for x in m.group(1).split(", "))), int(m.group(2)))
-            for d in docs for m in re.finditer(r"Use ([\d, ]+) to make (\d+)", d)}
+            for d in docs for m in re.finditer(r"Use ([\d, ]+) to make (\d+)", pretrain.doc_text(d))}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ def test_corpus_attempts_are_right_and_searches_retry_after_a_noticed_miss(corpu
     task, docs, _ = corpus
     one, search = [], []
     for d in docs:
-        if "Assistant: <think>" not in d:       # a practice document or a plain answer
+        if not isinstance(d, str) or "Assistant: <think>" not in d:       # a worked example or a plain answer
             continue
         numbers, target = next(iter(corpus_problems([d])))
         reasoning = d.split("Assistant: <think> ")[1].split(" </think>")[0]
@@ -97,6 +99,32 @@ def test_corpus_attempts_are_right_and_searches_retry_after_a_noticed_miss(corpu
         (search if pretrain.RETRY in reasoning else one).append(len(attempts))
     assert one and search and set(one) == {1} and min(search) >= 2
     assert max(search) <= pretrain.get_args([]).max_attempts
+
+
+def test_practice_documents_are_worked_examples_in_the_cut_template(corpus):
+    """The practice documents search until a hit, in the R1-Zero template with a random share of its instructions
+    cut; the loss skips the prompt and the mode token right after <think>."""
+    task, docs, stats = corpus
+    examples = [d for d in docs if not isinstance(d, str)]
+    assert len(examples) == stats["docs_by_mode"]["practice"]
+    tokenizer = train_bpe([pretrain.doc_text(d) for d in docs[:300]], vocab_size=400)
+    starts = set()
+    for context, completion in examples[:300]:
+        numbers, target = next(iter(corpus_problems([context])))
+        assert context.endswith(". Assistant: <think>") and "User: Use " in context
+        starts.add(context.split("User:")[0][:20])
+        attempts = parse_attempts(" <think>" + completion, target)
+        assert attempts and attempts[-1]["hit"] and all(a["steps_right"] == len(a["steps"]) for a in attempts)
+        answer = completion.split("<answer> ")[1].split(" </answer>")[0]
+        assert countdown_reward(answer, list(numbers), target) == 1.0
+        ids, mask = pretrain.render_doc(tokenizer, (context, completion))
+        n_context = len(tokenizer.encode(context)) + (tokenizer.bos_id is not None)
+        assert not any(mask[:n_context + 1]) and all(mask[n_context + 1:])   # trained after the mode token only
+    assert len(starts) > 20                                          # the instructions are cut at many places
+    document = pretrain.get_args(["--task", "countdown", "--practice-layout", "document"])
+    task_docs = pretrain.build_countdown_corpus(task, argparse.Namespace(**{**vars(document), "n_docs": 50}))[0]
+    assert any(isinstance(d, str) and d.startswith("Q: Use ") for d in task_docs)
+    assert not any(isinstance(d, tuple) for d in task_docs)
 
 
 # ---- the search metrics -------------------------------------------------------------------------------------------
@@ -131,12 +159,35 @@ def test_search_metrics_on_hand_written_responses():
     assert parse_attempts(" <think> x </think> 7 * 3 = 21, 21 + 1 = 22", 22) == []
 
 
+def test_probe_sorts_failures_into_classes(monkeypatch):
+    """dev/probe_countdown.py's classes on hand-written responses to "Use 3, 5, 7 to make 22"."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "dev"))
+    import probe_countdown
+    p = cd([3, 5, 7], 22)
+    cases = {
+        " <think> 5 * 3 = 15, 15 + 7 = 22 </think> <answer> 5 * 3 + 7 </answer>": (True, "correct"),
+        " <think> 5 * 3 = 15, 15 + 7 = 22 </think> <answer> 5 + 3 * 7 </answer>": (False, "valid hit, wrong answer"),
+        " <think> 5 * 3 = 15, 15 + 8 = 22 </think> <answer> 5 * 3 + 8 </answer>": (False, "hit by wrong steps"),
+        " <think> 7 * 3 = 21, 21 + 5 = 26, not 22 </think> <answer> 7 * 3 + 5 </answer>": (False, "no hit"),
+        " <think> 7 * 3 = 20, 20 + 4 = 24 </think> <answer> 7 * 3 + 4 </answer>":
+            (False, "no hit: wrong step, other numbers, unnoticed"),
+        " <think> easy </think> <answer> 7 + 5 </answer>": (False, "no attempt"),
+    }
+    for text, (right, expected) in cases.items():
+        assert probe_countdown.failure_class(text, p, right) == expected, text
+
+
 # ---- a short RL run -----------------------------------------------------------------------------------------------
 
 def test_preset_sets_defaults_that_flags_override():
     a = train_zero.get_args(["--preset", "countdown", "--steps", "3"])
     assert (a.task, a.base, a.steps) == ("countdown", "runs/base-countdown", 3)
-    assert a.task_kwargs == {"n_numbers": 4, "min_numbers": 3, "max_target": 50}
+    assert a.task_kwargs == {"n_numbers": 4, "min_numbers": 3, "max_number": 9, "max_target": 30}
+    pre = pretrain.get_args(train_zero.ZERO_PRESETS["countdown"]["pretrain"])
+    assert (pre.task, pre.max_step_value, pre.practice_layout, pre.max_new_tokens, pre.steps) == (
+        "countdown", 40, "template", 192, 2000)
+    assert (a.beta, a.format_weight, a.eval_k) == (0.1, 0.0, 4)
+    assert make_task(pre.task, **pre.task_kwargs) == make_task(a.task, **a.task_kwargs)   # one task for both
     d = train_zero.get_args([])
     assert (d.preset, d.task, d.base, d.steps, d.max_new_tokens) == ("arithmetic", "arithmetic", "runs/base", 40, 160)
 
