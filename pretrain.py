@@ -229,7 +229,7 @@ def in_cut_template(problem, completion: str, rng) -> tuple[str, str]:
     head, tail = prompt.split(" User:", 1)
     words = head.split(" ")
     prompt = " ".join(words[rng.randrange(len(words) + 1):] + ["User:" + tail])
-    think = " <think>"                                                 # the mode is chosen right after it
+    think = R1_ZERO.response("", "").split("</think>")[0].rstrip()      # " <think>": the mode is chosen after it
     assert completion.startswith(think), completion
     return prompt + think, completion[len(think):]
 

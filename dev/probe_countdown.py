@@ -19,10 +19,9 @@ import collections
 import json
 from pathlib import Path
 
-import torch
 
 from nanor1 import checkpoint
-from nanor1.rollout import parse_attempts, rollout, rule_rewards
+from nanor1.rollout import forced_prefixes, parse_attempts, rollout, rule_rewards
 from nanor1.sampler import SamplingParams
 from nanor1.tasks import make_task
 from nanor1.templates import get_template
@@ -69,8 +68,7 @@ def main(argv=None) -> dict:
     pretrain_args = json.loads((Path(args.base) / "extra.json").read_text())["pretrain_args"]
     task, zero = make_task("countdown", **pretrain_args["task_kwargs"]), get_template("r1-zero")
     problems = task.sample("test", args.problems, seed=1337)
-    framings = {"forced": [" <think> " + task.attempt(task.candidates(p)[0][0]).split(", ")[0] for p in problems],
-                "<think> only": [" <think>"] * len(problems)}
+    framings = {"forced": forced_prefixes(task, problems, template=zero), "<think> only": [" <think>"] * len(problems)}
     report = {}
     for name, prefix in framings.items():
         ro = rollout(model, tokenizer, problems, template=zero, prefix=prefix,

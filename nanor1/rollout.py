@@ -295,15 +295,20 @@ def _through_first_step(lines: list[str]) -> str:
     return "\n".join(lines[:first + 1])
 
 
-def forced_mode_accuracy(model, tokenizer, task, problems, *, template, max_new_tokens: int = 256) -> float:
-    """Accuracy when the completion is forced to start reasoning: prefill the template's response up to the first
-    line of the worked solution, then decode greedily. High means the base holds a reliable mode RL can select."""
+def forced_prefixes(task, problems, *, template) -> list[str]:
+    """Each problem's forced start of reasoning: the template's response up to the reasoning (R1-Zero: " <think> ")
+    and the first line of the worked solution (Countdown: the first step of a solution, "8 * 3 = 24")."""
     marker = "\x00"   # where the reasoning starts in the template's response
-    head = template.response(marker, "").split(marker)[0]               # R1-Zero: " <think> "
-    if getattr(task, "kind", None) == "countdown":   # the first step of a solution: "8 * 3 = 24"; the model must
-        prefix = [head + task.attempt(task.candidates(p)[0][0]).split(", ")[0] for p in problems]  # finish it
-    else:
-        prefix = [head + _through_first_step(task.worked_solution(p)) for p in problems]
+    head = template.response(marker, "").split(marker)[0]
+    if getattr(task, "kind", None) == "countdown":
+        return [head + task.attempt(task.candidates(p)[0][0]).split(", ")[0] for p in problems]
+    return [head + _through_first_step(task.worked_solution(p)) for p in problems]
+
+
+def forced_mode_accuracy(model, tokenizer, task, problems, *, template, max_new_tokens: int = 256) -> float:
+    """Accuracy when the completion is forced to start reasoning (forced_prefixes), then decoded greedily. High
+    means the base holds a reliable mode RL can select."""
+    prefix = forced_prefixes(task, problems, template=template)
     ro = rollout(model, tokenizer, problems, template=template, group_size=1, prefix=prefix,
                  params=SamplingParams(max_new_tokens=max_new_tokens, greedy=True),
                  reward_fn=rule_rewards({"accuracy": 1.0}, template))
