@@ -19,7 +19,6 @@ import collections
 import json
 from pathlib import Path
 
-
 from nanor1 import checkpoint
 from nanor1.rollout import forced_prefixes, parse_attempts, rollout, rule_rewards
 from nanor1.sampler import SamplingParams
