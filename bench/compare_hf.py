@@ -16,7 +16,9 @@ decode: greedy generate() of --new-tokens tokens per row, no EOS on either side 
   (model.FAST_PATHS = False: the readable reference paths), nanor1 "fast" (the default) and HF
   `model.generate(do_sample=False)` take turns, --repeats times; medians of wall and process CPU time are kept
   (CPU time counts every thread of this process: steadier than the wall clock when other jobs share the machine).
-  The aten ops per decode step are counted with torch.profiler (ops of generate() at 2T - at T new tokens, / T).
+  The aten ops per decode step are counted with torch.profiler (ops of generate() at 2T - at T new tokens, / T),
+  and so is the time a step spends in matrix multiplies (the profiler's self time of mm / addmm / bmm / baddbmm):
+  HF's step time over its matmul time is the most any decode running the same matmuls could gain over HF.
 GRPO: one step of 4 prompts x G 8 x 64 tokens (sampling at temperature 1, no EOS), beta 0.04 (a frozen reference
   model), one optimizer step over the 32 rows: nanor1's train_zero.rl_step against TRL's GRPOTrainer
   (generation_batch_size 32 = per_device_train_batch_size 32, num_generations 8, max_completion_length 64 with
@@ -121,6 +123,24 @@ def aten_ops(fn) -> int:
     return sum(1 for e in prof.events() if e.name.startswith("aten::"))
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def matmul_ms(fn) -> float:
+    """Milliseconds fn() spends inside matrix multiplies (the profiler's self time of MATMULS)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMULS) / 1e3
+
+
+def matmul_ms_per_step(gen, T: int) -> float:
+    """Matmul milliseconds per decode step (2T-token generate minus T-token one, over T): the floor of any decode
+    that runs the same matrix multiplies. A step at HF's time t with m of it in matmuls can be at most t / m faster
+    without changing the matmuls (fusing them, or a faster GEMM)."""
+    return (matmul_ms(lambda: gen(2 * T)) - matmul_ms(lambda: gen(T))) / T
+
+
 def ops_per_step(gen, T: int) -> float:
     """aten ops per decode step: ops of a 2T-token generate minus those of a T-token one, over T."""
     return (aten_ops(lambda: gen(2 * T)) - aten_ops(lambda: gen(T))) / T
@@ -146,7 +166,9 @@ def bench_decode(hf, ours, vocab: int, args) -> list[tuple]:
         ops = {"nanor1 plain": ops_per_step(lambda n: ours_generate(ours, prompts, n, fast=False), 8),
                "nanor1": ops_per_step(lambda n: ours_generate(ours, prompts, n), 8),
                "HF generate": ops_per_step(lambda n: hf_generate(hf, prompts, n), 8)}
-        rows.append((B, same, plain_same, {k: (B * T / w, B * T / c) for k, (w, c) in med.items()}, ops))
+        mm = {"nanor1": matmul_ms_per_step(lambda n: ours_generate(ours, prompts, n), 16),
+              "HF generate": matmul_ms_per_step(lambda n: hf_generate(hf, prompts, n), 16)}
+        rows.append((B, same, plain_same, {k: (B * T / w, B * T / c) for k, (w, c) in med.items()}, ops, mm))
         print(f"decode batch {B}: done", file=sys.stderr, flush=True)
     return rows
 
@@ -273,15 +295,19 @@ def main():
             print(f"\ndecode, greedy, {args.new_tokens} new tokens per row, prefill included; tokens/s = median over "
                   f"{args.repeats} alternating runs (wall clock | process CPU time)\n")
             print("| batch | tokens equal (fast, plain) | HF generate | nanor1 plain | nanor1 | nanor1 / HF "
-                  "(wall, CPU) | aten ops/step: HF, plain, nanor1 |")
-            print("| --- | --- | --- | --- | --- | --- | --- |")
-            for B, same, plain_same, tps, ops in rows:
+                  "(wall, CPU) | aten ops/step: HF, plain, nanor1 | ms/step: HF, in its matmuls, nanor1's matmuls "
+                  "| HF step / HF matmuls |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            for B, same, plain_same, tps, ops, mm in rows:
+                hf_ms = 1e3 * B / tps["HF generate"][0]   # wall ms per decode step (prefill included, as timed)
                 cell = lambda k: f"{tps[k][0]:,.0f} \\| {tps[k][1]:,.0f}"  # noqa: E731
                 ratio = (f"{tps['nanor1'][0] / tps['HF generate'][0]:.2f}x, "
                          f"{tps['nanor1'][1] / tps['HF generate'][1]:.2f}x")
                 print(f"| {B} | {same}, {plain_same} | {cell('HF generate')} | {cell('nanor1 plain')} | "
                       f"{cell('nanor1')} | {ratio} | {ops['HF generate']:.0f}, {ops['nanor1 plain']:.0f}, "
-                      f"{ops['nanor1']:.0f} |")
+                      f"{ops['nanor1']:.0f} | {hf_ms:.2f}, {mm['HF generate']:.2f}, {mm['nanor1']:.2f} | "
+                      f"{hf_ms / mm['HF generate']:.2f}x |")
+            print("\nHF step / HF matmuls: the most any decode running HF's matrix multiplies could gain over HF")
         if not args.skip_grpo:
             r = bench_grpo(folder, tok, args)
             print(f"\nGRPO step, 4 prompts x G 8 x 64 tokens, beta 0.04: median of {args.grpo_steps} interleaved "

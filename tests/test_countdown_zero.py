@@ -1,7 +1,10 @@
 """R1-Zero on Countdown (train_zero.py --preset countdown): the reward on hand-made expressions, a base corpus that
-never shows a held-out problem, the search metrics on hand-written responses, and the preset end to end."""
+never shows a held-out problem, the search metrics on hand-written responses, a short RL run with the preset's settings
+that raises the reward, and the preset end to end."""
 import argparse
+import copy
 import json
+import random
 import re
 from pathlib import Path
 
@@ -13,9 +16,12 @@ import train_zero
 from nanor1 import checkpoint
 from nanor1.model import Transformer, get_config
 from nanor1.rewards import countdown_reward
-from nanor1.rollout import countdown_stats, parse_attempts
+from nanor1.rollout import countdown_stats, parse_attempts, rule_rewards
+from nanor1.sft import collate, sft_loss
 from nanor1.tasks import CountdownTask, Problem, make_task
+from nanor1.templates import get_template
 from nanor1.tokenizer import train_bpe
+from nanor1.training import make_optimizer
 
 SMALL = dict(n_numbers=4, min_numbers=3, max_number=6, max_target=30)   # a mix of 3 and 4 numbers, quick to list
 
@@ -179,6 +185,53 @@ def test_probe_sorts_failures_into_classes(monkeypatch):
 
 # ---- a short RL run -----------------------------------------------------------------------------------------------
 
+def test_short_rl_run_with_the_preset_settings_raises_the_countdown_reward():
+    """The preset's RL (its GRPO flags: KL 0.1 to the base, the accuracy reward only) raises the training reward on a
+    Countdown question, from a policy that guesses. The policy is a tiny model trained for seconds to answer "Use 1, 2,
+    3 to make 6" with guesses, a third of them right: the real preset's base takes minutes to pretrain, and its RL run
+    is measured in the README (R1-Zero on Countdown). Rewards by the real rule (nanor1.rewards.countdown_reward)."""
+    zero = get_template("r1-zero")
+    problem = cd([1, 2, 3], 6)
+    rng = random.Random(0)
+    hits = ["1 + 2 + 3", "3 * 2 * 1", "2 * 3 * 1", "3 + 2 + 1"]
+
+    def guess():   # -> (prompt, completion): a right equation a third of the time, else any expression of the numbers
+        n = rng.sample([1, 2, 3], 3)
+        expression = (rng.choice(hits) if rng.random() < 0.3 else
+                      f"{n[0]} {rng.choice('+-*')} {n[1]} {rng.choice('+-*')} {n[2]}")
+        return zero.prompt(problem.question), zero.response(rng.choice(["easy", "quick one"]), expression)
+
+    docs = [guess() for _ in range(400)]
+    tokenizer = train_bpe([a + b for a, b in docs], vocab_size=800)
+
+    def render(prompt, completion):   # the loss on the completion and EOS only
+        context, answer = tokenizer.encode(prompt), tokenizer.encode(completion) + [tokenizer.eos_id]
+        bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+        return bos + context + answer, [False] * (len(bos) + len(context)) + [True] * len(answer)
+
+    torch.manual_seed(0)
+    policy = Transformer(get_config("tiny", vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, kv_lora_rank=32,
+                                    inter_dim=128, moe_inter_dim=32, max_seq_len=256))
+    optimizer = make_optimizer(policy, lr=3e-3, weight_decay=0.0)
+    for step in range(250):
+        tokens, mask = collate([render(*docs[(16 * step + j) % len(docs)]) for j in range(16)], tokenizer.pad_id)
+        loss, _ = sft_loss(policy, tokens, mask, shared_prefix=True)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    args = train_zero.get_args(["--preset", "countdown", "--group-size", "16", "--max-new-tokens", "24", "--lr", "1e-3"])
+    assert (args.beta, args.format_weight, args.accuracy_weight) == (0.1, 0.0, 1.0)   # the preset's reward and KL
+    cfg = train_zero.grpo_config(args)
+    reward_fn = rule_rewards({"accuracy": args.accuracy_weight, "format": args.format_weight}, zero)
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    optimizer = make_optimizer(policy, lr=args.lr, weight_decay=0.0)
+    rewards = [train_zero.rl_step(policy, optimizer, tokenizer, zero, [problem] * 8, reward_fn, cfg, seed=step,
+                                  ref=ref)["reward"] for step in range(30)]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert 0 < first < 0.5 and last > first + 0.05, rewards
+
+
 def test_preset_sets_defaults_that_flags_override():
     a = train_zero.get_args(["--preset", "countdown", "--steps", "3"])
     assert (a.task, a.base, a.steps) == ("countdown", "runs/base-countdown", 3)
@@ -194,8 +247,8 @@ def test_preset_sets_defaults_that_flags_override():
 
 def test_preset_runs_end_to_end_and_logs_the_search(tmp_path, corpus):
     """train_zero.py --preset countdown on a tiny untrained base: a few steps run, and every evaluation reports the
-    search metrics per difficulty. (That GRPO steps raise a reward is tested in test_train_zero.py; with the rule
-    rewards it needs a pretrained base, minutes here: see README "R1-Zero on Countdown".)"""
+    search metrics per difficulty. (That the preset's RL raises the Countdown reward: the test above, from a stand-in
+    policy; from the real base: README "R1-Zero on Countdown".)"""
     _, docs, _ = corpus
     tokenizer = train_bpe(docs[:300], vocab_size=400)
     torch.manual_seed(0)
