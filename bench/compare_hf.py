@@ -16,7 +16,7 @@ decode: greedy generate() of --new-tokens tokens per row, no EOS on either side 
   (model.FAST_PATHS = False: the readable reference paths), nanor1 "fast" (the default) and HF
   `model.generate(do_sample=False)` take turns, --repeats times; medians of wall and process CPU time are kept
   (CPU time counts every thread of this process: steadier than the wall clock when other jobs share the machine).
-  The aten ops per decode step are counted with torch.profiler (ops of generate() at 2T - at T new tokens, / T),
+  The aten ops per decode step are counted with torch.profiler (ops of generate() at 2T - at T = 16 new tokens, / T),
   and so is the time a step spends in matrix multiplies (the profiler's self time of mm / addmm / bmm / baddbmm):
   HF's step time over its matmul time is the most any decode running the same matmuls could gain over HF.
 GRPO: one step of 4 prompts x G 8 x 64 tokens (sampling at temperature 1, no EOS), beta 0.04 (a frozen reference
@@ -116,34 +116,28 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w, time.process_time() - c
 
 
-def aten_ops(fn) -> int:
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
-
-
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
-def matmul_ms(fn) -> float:
-    """Milliseconds fn() spends inside matrix multiplies (the profiler's self time of MATMULS)."""
+def profiled(fn) -> tuple[int, float]:
+    """(aten ops, milliseconds inside matrix multiplies: the profiler's self time of MATMULS) of one call of fn."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMULS) / 1e3
+    ops = sum(1 for e in prof.events() if e.name.startswith("aten::"))
+    return ops, sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMULS) / 1e3
 
 
-def matmul_ms_per_step(gen, T: int) -> float:
-    """Matmul milliseconds per decode step (2T-token generate minus T-token one, over T): the floor of any decode
-    that runs the same matrix multiplies. A step at HF's time t with m of it in matmuls can be at most t / m faster
-    without changing the matmuls (fusing them, or a faster GEMM)."""
-    return (matmul_ms(lambda: gen(2 * T)) - matmul_ms(lambda: gen(T))) / T
-
-
-def ops_per_step(gen, T: int) -> float:
-    """aten ops per decode step: ops of a 2T-token generate minus those of a T-token one, over T."""
-    return (aten_ops(lambda: gen(2 * T)) - aten_ops(lambda: gen(T))) / T
+def per_step(gen, T: int = 16, repeats: int = 3) -> tuple[float, float]:
+    """(aten ops, matmul milliseconds) per decode step: a 2T-token generate minus a T-token one, over T (the median
+    of `repeats` such differences: one profile's matmul time is noisy). The matmul time is the floor of any decode
+    running the same matrix multiplies: a step at HF's time t with m of it in matmuls can be at most t / m faster
+    without changing them (fusing them, or a faster GEMM)."""
+    diffs = []
+    for _ in range(repeats):
+        (ops2, mm2), (ops1, mm1) = profiled(lambda: gen(2 * T)), profiled(lambda: gen(T))
+        diffs.append(((ops2 - ops1) / T, (mm2 - mm1) / T))
+    return statistics.median(d[0] for d in diffs), statistics.median(d[1] for d in diffs)
 
 
 @torch.no_grad()
@@ -163,11 +157,10 @@ def bench_decode(hf, ours, vocab: int, args) -> list[tuple]:
             for k, fn in runs.items():
                 times[k].append(timed(fn))
         med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
-        ops = {"nanor1 plain": ops_per_step(lambda n: ours_generate(ours, prompts, n, fast=False), 8),
-               "nanor1": ops_per_step(lambda n: ours_generate(ours, prompts, n), 8),
-               "HF generate": ops_per_step(lambda n: hf_generate(hf, prompts, n), 8)}
-        mm = {"nanor1": matmul_ms_per_step(lambda n: ours_generate(ours, prompts, n), 16),
-              "HF generate": matmul_ms_per_step(lambda n: hf_generate(hf, prompts, n), 16)}
+        steps = {"nanor1 plain": per_step(lambda n: ours_generate(ours, prompts, n, fast=False)),
+                 "nanor1": per_step(lambda n: ours_generate(ours, prompts, n)),
+                 "HF generate": per_step(lambda n: hf_generate(hf, prompts, n))}
+        ops, mm = ({k: v[i] for k, v in steps.items()} for i in (0, 1))
         rows.append((B, same, plain_same, {k: (B * T / w, B * T / c) for k, (w, c) in med.items()}, ops, mm))
         print(f"decode batch {B}: done", file=sys.stderr, flush=True)
     return rows

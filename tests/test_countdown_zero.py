@@ -17,7 +17,7 @@ from nanor1 import checkpoint
 from nanor1.model import Transformer, get_config
 from nanor1.rewards import countdown_reward
 from nanor1.rollout import countdown_stats, parse_attempts, rule_rewards
-from nanor1.sft import collate, sft_loss
+from nanor1.sft import collate, render, sft_loss
 from nanor1.tasks import CountdownTask, Problem, make_task
 from nanor1.templates import get_template
 from nanor1.tokenizer import train_bpe
@@ -195,32 +195,29 @@ def test_short_rl_run_with_the_preset_settings_raises_the_countdown_reward():
     rng = random.Random(0)
     hits = ["1 + 2 + 3", "3 * 2 * 1", "2 * 3 * 1", "3 + 2 + 1"]
 
-    def guess():   # -> (prompt, completion): a right equation a third of the time, else any expression of the numbers
+    def guess():   # a right equation a third of the time, else any expression of the numbers
         n = rng.sample([1, 2, 3], 3)
         expression = (rng.choice(hits) if rng.random() < 0.3 else
                       f"{n[0]} {rng.choice('+-*')} {n[1]} {rng.choice('+-*')} {n[2]}")
-        return zero.prompt(problem.question), zero.response(rng.choice(["easy", "quick one"]), expression)
+        return zero.response(rng.choice(["easy", "quick one"]), expression)
 
-    docs = [guess() for _ in range(400)]
-    tokenizer = train_bpe([a + b for a, b in docs], vocab_size=800)
-
-    def render(prompt, completion):   # the loss on the completion and EOS only
-        context, answer = tokenizer.encode(prompt), tokenizer.encode(completion) + [tokenizer.eos_id]
-        bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-        return bos + context + answer, [False] * (len(bos) + len(context)) + [True] * len(answer)
+    responses = [guess() for _ in range(400)]
+    tokenizer = train_bpe([zero.prompt(problem.question) + r for r in responses], vocab_size=800)
+    examples = [render(tokenizer, zero, problem.question, r) for r in responses]   # the loss on the response + EOS
 
     torch.manual_seed(0)
     policy = Transformer(get_config("tiny", vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, kv_lora_rank=32,
                                     inter_dim=128, moe_inter_dim=32, max_seq_len=256))
     optimizer = make_optimizer(policy, lr=3e-3, weight_decay=0.0)
     for step in range(250):
-        tokens, mask = collate([render(*docs[(16 * step + j) % len(docs)]) for j in range(16)], tokenizer.pad_id)
+        tokens, mask = collate([examples[(16 * step + j) % len(examples)] for j in range(16)], tokenizer.pad_id)
         loss, _ = sft_loss(policy, tokens, mask, shared_prefix=True)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
-    args = train_zero.get_args(["--preset", "countdown", "--group-size", "16", "--max-new-tokens", "24", "--lr", "1e-3"])
+    args = train_zero.get_args(["--preset", "countdown", "--group-size", "16", "--max-new-tokens", "24",
+                                "--lr", "1e-3"])
     assert (args.beta, args.format_weight, args.accuracy_weight) == (0.1, 0.0, 1.0)   # the preset's reward and KL
     cfg = train_zero.grpo_config(args)
     reward_fn = rule_rewards({"accuracy": args.accuracy_weight, "format": args.format_weight}, zero)
