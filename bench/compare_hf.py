@@ -19,6 +19,9 @@ decode: greedy generate() of --new-tokens tokens per row, no EOS on either side 
   The aten ops per decode step are counted with torch.profiler (ops of generate() at 2T - at T = 16 new tokens, / T),
   and so is the time a step spends in matrix multiplies (the profiler's self time of mm / addmm / bmm / baddbmm):
   HF's step time over its matmul time is the most any decode running the same matmuls could gain over HF.
+--compile adds nanor1's compiled decode (generate(decode_mode="static", compile=True): fixed shapes, the forward
+  compiled by inductor once per batch and length; --cpp-wrapper: inductor's C++ wrapper, no Python between its
+  kernels): its compile seconds are reported and not timed.
 GRPO: one step of 4 prompts x G 8 x 64 tokens (sampling at temperature 1, no EOS), beta 0.04 (a frozen reference
   model), one optimizer step over the 32 rows: nanor1's train_zero.rl_step against TRL's GRPOTrainer
   (generation_batch_size 32 = per_device_train_batch_size 32, num_generations 8, max_completion_length 64 with
@@ -102,10 +105,14 @@ def hf_generate(hf, prompts, new_tokens: int) -> torch.Tensor:
     return out[:, tokens.size(1):]
 
 
-def ours_generate(model, prompts, new_tokens: int, fast: bool = True) -> torch.Tensor:
+def ours_generate(model, prompts, new_tokens: int, fast: bool = True, compiled: bool = False) -> torch.Tensor:
+    """nanor1's greedy decode: the default eager path, the plain reference paths (fast=False), or compiled=True:
+    static shapes (every step attends over all cache slots, masked) with the forward torch.compile'd once per batch
+    shape (inductor; the first call compiles)."""
     M.FAST_PATHS = fast
+    kw = dict(decode_mode="static", compile=True) if compiled else {}
     try:
-        return generate(model, prompts, SamplingParams(max_new_tokens=new_tokens, greedy=True)).tokens
+        return generate(model, prompts, SamplingParams(max_new_tokens=new_tokens, greedy=True), **kw).tokens
     finally:
         M.FAST_PATHS = True
 
@@ -152,6 +159,11 @@ def bench_decode(hf, ours, vocab: int, args) -> list[tuple]:
         runs = {"nanor1 plain": lambda: ours_generate(ours, prompts, T, fast=False),
                 "nanor1": lambda: ours_generate(ours, prompts, T),
                 "HF generate": lambda: hf_generate(hf, prompts, T)}
+        if args.compile:  # compile first (not timed: its seconds are reported), then time it with the others
+            t0 = time.perf_counter()
+            same = same and torch.equal(ours_generate(ours, prompts, T, compiled=True), b)
+            args.compile_s[B] = time.perf_counter() - t0
+            runs["nanor1 compiled"] = lambda: ours_generate(ours, prompts, T, compiled=True)
         times = {k: [] for k in runs}
         for _ in range(args.repeats):
             for k, fn in runs.items():
@@ -160,6 +172,9 @@ def bench_decode(hf, ours, vocab: int, args) -> list[tuple]:
         steps = {"nanor1 plain": per_step(lambda n: ours_generate(ours, prompts, n, fast=False)),
                  "nanor1": per_step(lambda n: ours_generate(ours, prompts, n)),
                  "HF generate": per_step(lambda n: hf_generate(hf, prompts, n))}
+        if args.compile:
+            ours_generate(ours, prompts, 16, compiled=True), ours_generate(ours, prompts, 32, compiled=True)  # shapes
+            steps["nanor1 compiled"] = per_step(lambda n: ours_generate(ours, prompts, n, compiled=True))
         ops, mm = ({k: v[i] for k, v in steps.items()} for i in (0, 1))
         rows.append((B, same, plain_same, {k: (B * T / w, B * T / c) for k, (w, c) in med.items()}, ops, mm))
         print(f"decode batch {B}: done", file=sys.stderr, flush=True)
@@ -261,10 +276,23 @@ def main():
     ap.add_argument("--grpo-steps", type=int, default=2, help="timed GRPO steps per side, after one warm-up step")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads for both sides (default: torch's); "
                     "1 is steadier when other jobs share the machine")
+    ap.add_argument("--compile", action="store_true", help="also time nanor1's compiled decode (static shapes, "
+                    "torch.compile'd forward; compile seconds reported, not timed)")
+    ap.add_argument("--cpp-wrapper", action="store_true", help="with --compile: inductor's C++ wrapper (no Python "
+                    "between the compiled kernels; longer compile)")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--skip-grpo", action="store_true")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.compile_s = {}
+    if args.compile:  # one compiled step per (batch, length) shape: keep them all rather than fall back to eager
+        from torch._dynamo import config as dynamo_config
+        dynamo_config.recompile_limit = 64
+    if args.cpp_wrapper:
+        if not args.compile:
+            ap.error("--cpp-wrapper needs --compile")
+        from torch._inductor import config as inductor_config
+        inductor_config.cpp_wrapper = True
     if args.threads:
         torch.set_num_threads(args.threads)
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
@@ -301,6 +329,16 @@ def main():
                       f"{ops['nanor1']:.0f} | {hf_ms:.2f}, {mm['HF generate']:.2f}, {mm['nanor1']:.2f} | "
                       f"{hf_ms / mm['HF generate']:.2f}x |")
             print("\nHF step / HF matmuls: the most any decode running HF's matrix multiplies could gain over HF")
+            if args.compile:
+                print(f"\nnanor1 compiled ({'inductor, C++ wrapper' if args.cpp_wrapper else 'inductor'}; the tokens "
+                      "equal column includes it): compile seconds, tokens/s (wall | CPU), / HF, aten ops per step (its fused "
+                      "kernels are not aten ops, nor are its matmuls the ones counted above)\n")
+                print("| batch | compile s | tokens/s | / HF (wall) | aten ops/step |")
+                print("| --- | --- | --- | --- | --- |")
+                for B, same, plain_same, tps, ops, mm in rows:
+                    k = "nanor1 compiled"
+                    print(f"| {B} | {args.compile_s[B]:.0f} | {tps[k][0]:,.0f} \\| {tps[k][1]:,.0f} | "
+                          f"{tps[k][0] / tps['HF generate'][0]:.2f}x | {ops[k]:.0f} |")
         if not args.skip_grpo:
             r = bench_grpo(folder, tok, args)
             print(f"\nGRPO step, 4 prompts x G 8 x 64 tokens, beta 0.04: median of {args.grpo_steps} interleaved "
