@@ -187,7 +187,8 @@ def pretrain_argv(recorded: dict, **changes) -> list[str]:
     flags changed; flags left at pretrain.py's defaults are omitted."""
     import pretrain
     defaults = vars(pretrain.get_args([]))
-    recorded = {"practice_layout": "document", **recorded}   # recorded before the flag existed: that recipe's layout
+    # recorded before a flag existed: that recipe's value (untemplated practice text, then uniform cuts)
+    recorded = {"practice_layout": "document", "cut_power": 1.0, **recorded}
     argv = []
     for key, value in {**recorded, **changes}.items():
         if key not in defaults:

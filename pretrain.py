@@ -16,18 +16,19 @@ problem, the completion is drawn from a mix of "modes", and trains the tiny MoE+
 expressions; see build_countdown_corpus and README "R1-Zero on Countdown".)
 Those documents are the R1-Zero prompt (paper Table 1) followed by one completion. Besides them, most of the corpus
 is "practice": worked examples that teach the skill itself (clean running totals, a quarter with a reverse-order
-check), written in the R1-Zero template with a random share of its instructions cut, and trained on the worked
-solution only, not on the token after "<think>" that picks the mode (worked_example). So the skill is learned where
-RL will call it, and which mode the model picks *after the template* is set only by the transcripts above: the
-base model is competent but unreliable: low pass@1, high forced-mode accuracy. (The previous recipe's practice
-text, "Q: 3 + 7 + 5\n3 + 7 = 10\n10 + 5 = 15\nA: 15" at the document start, --practice-layout document, taught
-the skill at that place only; whether it carried over into the template was down to the seed: README.)
+check), written in the R1-Zero template with a random share of its instructions cut (most of them, on average:
+--cut-power), and trained on the worked solution only, not on the token after "<think>" that picks the mode
+(worked_example). So the skill is learned where RL will call it, and which mode the model picks *after the template*
+is set only by the transcripts above: the base model is competent but unreliable: low pass@1, high forced-mode
+accuracy. (The previous recipe's practice text, "Q: 3 + 7 + 5\n3 + 7 = 10\n10 + 5 = 15\nA: 15" at the document
+start, --practice-layout document, taught the skill at that place only; whether it carried over into the template
+was down to the seed: README.)
 The report at the end measures that:
   pass@1 / cons@k of free sampling, format rate, and "forced-mode accuracy" (prefill <think> plus the first
   reasoning step, decode greedily): if that is low, RL has no reliable mode to select and will collapse.
 
 Commands:
-  python pretrain.py                                   # tiny default: 11 min measured on 2 cores
+  python pretrain.py                                   # tiny default: 10-11 min measured on 2 cores
   python pretrain.py --device cuda --steps 3000 --batch-size 128 --out runs/base-gpu
   torchrun --nproc_per_node 8 pretrain.py --device cuda --steps 3000 --batch-size 128 --out runs/base-gpu
 Under torchrun (multi-node: dev/multinode.md) every rank builds the same corpus and tokenizer, the model is
@@ -70,6 +71,10 @@ def get_args(argv=None):
                    help="template: worked examples in the R1-Zero template with a random share of its instructions "
                         "cut, the mode choice untrained (worked_example); document: untemplated 'Q: ...' text at "
                         "the document start (the previous recipe; a usable base on 1 seed in 4: README)")
+    p.add_argument("--cut-power", type=positive_float, default=3.0,
+                   help="template layout: a worked example keeps the last u**POWER of the instructions' words (u "
+                        "uniform in [0, 1)): 1 keeps a uniform share (the recipe before 2026-12-02, ~125 tokens per "
+                        "document), 3 a quarter on average (~108 tokens; as robust on the seeds tried: README)")
     p.add_argument("--p-guess", type=nonnegative_float, default=0.58, help="weight of 'guess' completions")
     p.add_argument("--p-plain", type=nonnegative_float, default=0.22, help="weight of untagged 'the answer is' "
                                                                            "completions")
@@ -212,23 +217,31 @@ def worked_example(task, problem, rng, args) -> tuple[str, str]:
     it, without changing how often the base chooses it after the template: that is set by the transcripts alone.
     The completion is clean (no slip, the question's language) and a quarter of them add the reverse-order check.
 
-    The template's instructions lose a random number of leading words (all of them to none), so the question sits
-    anywhere from ~3 to ~90 tokens into the document. A tiny model finds the question's numbers by their place from
-    the document start when it can (it learns that first, and it does not carry over to another place: README, "How
-    robust"); with the place varied it must find them from the nearby "User:" / "Assistant: <think>" instead, which
-    is where they are in every R1-Zero prompt. The full template is one of the cuts."""
+    The template's instructions lose a random number of leading words (all of them to none; three quarters on
+    average with the default --cut-power 3), so the question sits anywhere from ~3 to ~90 tokens into the document.
+    A tiny model finds the question's numbers by their place from the document start when it can (it learns that
+    first, and it does not carry over to another place: README, "How robust"); with the place varied it must find
+    them from the nearby "User:" / "Assistant: <think>" instead, which is where they are in every R1-Zero prompt.
+    The full template is one of the cuts."""
     clean = argparse.Namespace(**{**vars(args), "slip_rate": 0.0, "p_other_lang": 0.0, "p_switch": 0.0})
     completion = make_completion(task, problem, "check" if rng.random() < 0.25 else "steps", rng, clean)
-    return in_cut_template(problem, completion, rng)
+    return in_cut_template(problem, completion, rng, args.cut_power)
 
 
-def in_cut_template(problem, completion: str, rng) -> tuple[str, str]:
+def in_cut_template(problem, completion: str, rng, power: float = 1.0) -> tuple[str, str]:
     """(context, completion) of a worked example: the R1-Zero prompt with a random number of the instructions'
-    leading words cut (all to none) + " <think>", and the completion after " <think>" (see worked_example)."""
+    leading words cut (all to none) + " <think>", and the completion after " <think>" (see worked_example).
+    The share of words kept is u**power (u uniform): power 1 keeps 0..all words with equal chances, power 3 keeps a
+    quarter on average (the question sits nearer the document start: fewer untrained tokens) and still the whole
+    template now and then (P(keep >= 90%) = 3.5%)."""
     prompt = R1_ZERO.prompt(problem.question)
     head, tail = prompt.split(" User:", 1)
     words = head.split(" ")
-    prompt = " ".join(words[rng.randrange(len(words) + 1):] + ["User:" + tail])
+    if power == 1:  # the same draws as before the flag existed, so a recorded base's corpus is rebuilt exactly
+        keep = len(words) - rng.randrange(len(words) + 1)
+    else:
+        keep = int((len(words) + 1) * rng.random() ** power)                # 0..len(words)
+    prompt = " ".join(words[len(words) - keep:] + ["User:" + tail])
     think = R1_ZERO.response("", "").split("</think>")[0].rstrip()      # " <think>": the mode is chosen after it
     assert completion.startswith(think), completion
     return prompt + think, completion[len(think):]
@@ -340,7 +353,7 @@ def countdown_practice_doc(task, problem, rng, args) -> str | tuple[str, str]:
         lines += [task.attempt(hit), f"{task.equation(hit)} = {problem.data['target']}"]
         tree = hit
     if args.practice_layout == "template":
-        return in_cut_template(problem, R1_ZERO.response("\n".join(lines), task.equation(tree)), rng)
+        return in_cut_template(problem, R1_ZERO.response("\n".join(lines), task.equation(tree)), rng, args.cut_power)
     return f"Q: {problem.question}\n" + "\n".join(lines) + f"\nA: {task.equation(tree)}"
 
 

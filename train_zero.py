@@ -76,7 +76,7 @@ ZERO_PRESETS = {
                       beta=0.1, format_weight=0.0, eval_k=4),
         "pretrain": ["--task", "countdown", "--task-kwargs", COUNTDOWN_TASK, "--p-guess", "0.45", "--p-plain", "0.22",
                      "--p-steps", "0.3", "--p-check", "0.03", "--max-new-tokens", "192", "--max-step-value", "40",
-                     "--steps", "2000"],
+                     "--steps", "2000", "--cut-power", "1"],   # (measured with uniform cuts only)
     },
 }
 

@@ -131,6 +131,9 @@ def test_pretrain_argv_replays_a_recorded_run():
     # a base recorded before --practice-layout existed had its practice text at the document start
     del recorded["practice_layout"]
     assert vars(pretrain.get_args(distill.pretrain_argv(recorded)))["practice_layout"] == "document"
+    # and one recorded before --cut-power existed kept a uniform share of the instructions
+    del recorded["cut_power"]
+    assert vars(pretrain.get_args(distill.pretrain_argv(recorded)))["cut_power"] == 1.0
 
 
 def test_default_student_base_and_the_rl_comparison(inputs, tmp_path, monkeypatch):

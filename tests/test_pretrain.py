@@ -1,5 +1,6 @@
 """pretrain.py: the forced-mode curve logged while training; dev/probe_base.py on the base it makes."""
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -84,3 +85,32 @@ def test_worked_examples_sit_in_the_template_at_varied_places_and_leave_the_mode
     docs, stats = pretrain.build_corpus(task, args)
     practice = [d for d in docs if d.startswith("Q: ")]
     assert all(isinstance(d, str) for d in docs) and len(practice) == stats["docs_by_mode"]["practice"]
+
+
+def test_cut_power_sets_how_much_of_the_instructions_a_worked_example_keeps():
+    from nanor1.tasks import make_task
+    from nanor1.templates import get_template
+    zero = get_template("r1-zero")
+    task = make_task("arithmetic", n_terms=5)
+    problems = task.sample("train", 3000, seed=0)
+    words = zero.prompt(problems[0].question).split(" User:")[0].split(" ")   # the instructions before the question
+
+    def kept_shares(power, seed=0):
+        rng = random.Random(seed)
+        shares = []
+        for p in problems:
+            context, completion = pretrain.in_cut_template(p, zero.response("x", "1"), rng, power)
+            assert context.endswith(f"User: {p.question}. Assistant: <think>")
+            assert completion == zero.response("x", "1")[len(" <think>"):]
+            kept = context[:context.rindex("User: ")].split()
+            assert kept == (words[len(words) - len(kept):] if kept else [])          # a suffix of the instructions
+            shares.append(len(kept) / len(words))
+        return shares
+
+    # the share kept is u**power for u uniform: mean 1 / (power + 1); every cut from none to all occurs
+    for power, mean in ((1.0, 1 / 2), (3.0, 1 / 4)):
+        shares = kept_shares(power)
+        assert abs(sum(shares) / len(shares) - mean) < 0.02, (power, sum(shares) / len(shares))
+        assert min(shares) == 0 and max(shares) == 1
+    assert sum(s >= 0.9 for s in kept_shares(3.0)) / len(problems) < 0.06              # the full place is rare
+    assert pretrain.get_args([]).cut_power == 3.0

@@ -41,6 +41,6 @@ def test_speedrun_smoke(tmp_path):
     import train_r1
     recorded = json.loads((out / "base-r1" / "extra.json").read_text())["pretrain_args"]
     expected = vars(pretrain.get_args(["--task", "arithmetic-bilingual", *train_r1.BASE_FLAGS]))
-    corpus = ("task", "p_practice", "practice_layout", "p_guess", "p_plain", "p_steps", "p_check", "guess_acc", "slip_rate",
-              "p_other_lang", "p_switch", "p_general", "seed", "preset")
+    corpus = ("task", "p_practice", "practice_layout", "cut_power", "p_guess", "p_plain", "p_steps", "p_check",
+              "guess_acc", "slip_rate", "p_other_lang", "p_switch", "p_general", "seed", "preset")
     assert {k: recorded[k] for k in corpus} == {k: expected[k] for k in corpus}
