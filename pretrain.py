@@ -28,7 +28,7 @@ The report at the end measures that:
   reasoning step, decode greedily): if that is low, RL has no reliable mode to select and will collapse.
 
 Commands:
-  python pretrain.py                                   # tiny default: 10-11 min measured on 2 cores
+  python pretrain.py                                   # tiny default: ~7-8 min measured on 2 cores
   python pretrain.py --device cuda --steps 3000 --batch-size 128 --out runs/base-gpu
   torchrun --nproc_per_node 8 pretrain.py --device cuda --steps 3000 --batch-size 128 --out runs/base-gpu
 Under torchrun (multi-node: dev/multinode.md) every rank builds the same corpus and tokenizer, the model is
@@ -102,7 +102,8 @@ def get_args(argv=None):
     # model and optimisation
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset (nanor1.model.PRESETS)")
     p.add_argument("--model-kwargs", default="{}", type=json_dict, help="JSON dict of ModelConfig overrides")
-    p.add_argument("--steps", type=positive_int, default=1300, help="optimizer steps")
+    p.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps (1,300 before the shorter cuts of "
+                   "--cut-power 3: README)")
     p.add_argument("--batch-size", type=positive_int, default=48, help="documents per step")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="peak AdamW learning rate")
     p.add_argument("--shared-prefix", action="store_true", help="run each batch's common prefix (the R1-Zero "

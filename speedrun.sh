@@ -74,8 +74,8 @@ pretrain_once() {
 #    completions are mostly guesses (the habit RL must change); 30% of reasoning opens in the other language and
 #    15% switches mid-way; 10% general documents (a knowledge table with private fields, and the general tasks'
 #    training split as Q/A text) for R1's general tasks. The same flags train_r1.py uses for its base.
-stage "1 base (pretrain.py)" pretrain_once "$OUT/base-r1" "${TASK_ARGS[@]}" --p-general 0.1 --cut-power 1 --eval-k 0 \
-    "${PRETRAIN[@]}"
+stage "1 base (pretrain.py)" pretrain_once "$OUT/base-r1" "${TASK_ARGS[@]}" --p-general 0.1 --cut-power 1 --steps 1300 \
+    --eval-k 0 "${PRETRAIN[@]}"
 
 # 2. R1-Zero: GRPO from the base with accuracy + format rewards, no SFT. Pass@1 should rise and the answers grow
 #    into step-by-step reasoning; it inherits the base's language mixing.
@@ -91,7 +91,7 @@ stage "3 R1, four stages (train_r1.py)" "$PY" train_r1.py --base "$OUT/base-r1" 
 # 4. The student's base: the same corpus (same flags and seed, so the same tokenizer), a dense model (GQA, no MoE,
 #    the tiny-dense preset: 0.50M parameters against the teacher's 1.55M).
 stage "4 student base (pretrain.py)" pretrain_once "$OUT/base-dense" "${TASK_ARGS[@]}" --p-general 0.1 --cut-power 1 \
-    --eval-k 0 --preset tiny-dense "${PRETRAIN[@]}"
+    --steps 1300 --eval-k 0 --preset tiny-dense "${PRETRAIN[@]}"
 
 # 5. The paper's control: RL straight on the small base (R1-Zero's recipe), at a training budget comparable to
 #    the distillation's.
