@@ -229,7 +229,7 @@ def worked_example(task, problem, rng, args) -> tuple[str, str]:
     return in_cut_template(problem, completion, rng, args.cut_power)
 
 
-def in_cut_template(problem, completion: str, rng, power: float = 1.0) -> tuple[str, str]:
+def in_cut_template(problem, completion: str, rng, power: float) -> tuple[str, str]:
     """(context, completion) of a worked example: the R1-Zero prompt with a random number of the instructions'
     leading words cut (all to none) + " <think>", and the completion after " <think>" (see worked_example).
     The share of words kept is u**power (u uniform): power 1 keeps 0..all words with equal chances, power 3 keeps a

@@ -48,6 +48,9 @@ else
     EVAL=(--problems 200 --k 8)           # the problems every training script evaluates on (seed 1234)
 fi
 TASK_ARGS=(--task "$TASK" --task-kwargs "$TASK_KWARGS")
+# R1's base recipe (pretrain.py flags besides the task), read from train_r1.py so the two cannot drift apart
+base_flags=$("$PY" -c 'import train_r1; print(*train_r1.BASE_FLAGS)')   # (an assignment: set -e stops on failure)
+read -r -a BASE_FLAGS <<< "$base_flags"
 mkdir -p "$OUT"
 TIMES="$OUT/times.txt"
 echo "# speedrun started $(date '+%Y-%m-%d %H:%M:%S') on $(getconf _NPROCESSORS_ONLN) CPU cores," \
@@ -73,9 +76,10 @@ pretrain_once() {
 # 1. The base model. Mostly worked sums in the R1-Zero template (the skill) plus whole R1-Zero transcripts whose
 #    completions are mostly guesses (the habit RL must change); 30% of reasoning opens in the other language and
 #    15% switches mid-way; 10% general documents (a knowledge table with private fields, and the general tasks'
-#    training split as Q/A text) for R1's general tasks. The same flags train_r1.py uses for its base.
-stage "1 base (pretrain.py)" pretrain_once "$OUT/base-r1" "${TASK_ARGS[@]}" --p-general 0.1 --cut-power 1 --steps 1300 \
-    --eval-k 0 "${PRETRAIN[@]}"
+#    training split as Q/A text) for R1's general tasks: train_r1.BASE_FLAGS, the recipe its numbers were measured
+#    with (uniform cuts, 1,300 steps).
+stage "1 base (pretrain.py)" pretrain_once "$OUT/base-r1" "${TASK_ARGS[@]}" "${BASE_FLAGS[@]}" --eval-k 0 \
+    "${PRETRAIN[@]}"
 
 # 2. R1-Zero: GRPO from the base with accuracy + format rewards, no SFT. Pass@1 should rise and the answers grow
 #    into step-by-step reasoning; it inherits the base's language mixing.
@@ -90,8 +94,8 @@ stage "3 R1, four stages (train_r1.py)" "$PY" train_r1.py --base "$OUT/base-r1" 
 
 # 4. The student's base: the same corpus (same flags and seed, so the same tokenizer), a dense model (GQA, no MoE,
 #    the tiny-dense preset: 0.50M parameters against the teacher's 1.55M).
-stage "4 student base (pretrain.py)" pretrain_once "$OUT/base-dense" "${TASK_ARGS[@]}" --p-general 0.1 --cut-power 1 \
-    --steps 1300 --eval-k 0 --preset tiny-dense "${PRETRAIN[@]}"
+stage "4 student base (pretrain.py)" pretrain_once "$OUT/base-dense" "${TASK_ARGS[@]}" "${BASE_FLAGS[@]}" \
+    --eval-k 0 --preset tiny-dense "${PRETRAIN[@]}"
 
 # 5. The paper's control: RL straight on the small base (R1-Zero's recipe), at a training budget comparable to
 #    the distillation's.
